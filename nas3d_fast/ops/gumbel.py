@@ -1,0 +1,131 @@
+"""Gumbel top-k sampling over all edges of a supernet at once (SCNAS Algorithm 1)."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _extension, dispatch
+from ..reference import gumbel as reference
+from ._registry import check_like, check_tensor, checking_values
+
+# For CUDA tensors the CUDA kernel goes first: the op is a single tiny launch, and a C++ launch costs
+# less host time than a Triton launch from Python.
+CUDA_ORDER = ("cuda", "triton")
+
+
+def gumbel_topk(logits: torch.Tensor, tau: float, k: int = 2, hard: bool = False, noise: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample k candidate ops per supernet edge with the Gumbel-softmax trick, for all E edges at once.
+
+    With g = -log(-log(u)), u ~ U(0, 1): y = softmax((logits + g) / tau) per row; the top-k entries of
+    each row of y are chosen (ties to the lower index), and their weights are renormalised to sum to 1
+    (SCNAS Algorithm 1). The chosen indices follow the Gumbel-top-k law: sampling k ops without
+    replacement with probabilities softmax(logits), whatever tau.
+
+    Args:
+        logits: (E, K) float16/bfloat16/float32/float64 architecture logits, one row per edge. Entries
+            may be -inf (an op that is never chosen), but each row needs one finite entry; NaN and
+            +inf are refused.
+        tau: temperature, > 0. Small tau sharpens y; the renormalised weights depend on tau.
+        k: ops per edge, 1 or 2, at most K.
+        hard: k = 1 only: weights are one-hot in the forward pass and carry the gradient of y
+            (straight-through). With hard=False the gradient is the exact gradient of the weights
+            (which, for k = 1, is zero: the weight of the one chosen op is always 1).
+        noise: optional (E, K) uniform samples in (0, 1), same dtype and device as logits. With it every
+            backend returns the same answer; without it noise is drawn from ``generator``.
+        generator: the torch.Generator for the noise (the device's default generator if None).
+
+    Returns:
+        weights: (E, K) of logits' dtype, zero except at the chosen entries, each row summing to 1;
+            differentiable with respect to logits.
+        indices: (E, k) int64, the chosen ops of each row, the larger weight first.
+    """
+    check_tensor(logits, "logits", dim=2)
+    E, K = logits.shape
+    if K < 1:
+        raise ValueError(f"logits must have at least one column (K >= 1), got shape {tuple(logits.shape)}")
+    if isinstance(tau, torch.Tensor):
+        tau = float(tau)
+    if not isinstance(tau, (int, float)) or not tau > 0:
+        raise ValueError(f"tau must be a number > 0, got {tau!r}")
+    if k not in (1, 2) or isinstance(k, bool):
+        raise ValueError(f"k must be 1 or 2, got {k!r}")
+    if k > K:
+        raise ValueError(f"k must be <= K = logits.shape[1] = {K}, got {k}")
+    if hard and k != 1:
+        raise ValueError(f"hard=True needs k=1 (straight-through one-hot), got k={k}")
+    if noise is None:
+        noise = uniform_noise(logits, generator)
+    else:
+        check_like(noise, logits, "noise", "logits")
+        if checking_values(noise) and E * K and not bool(((noise > 0) & (noise < 1)).all()):
+            raise ValueError("noise must hold uniform samples strictly inside (0, 1)")
+    if checking_values(logits) and E * K:
+        if not bool((logits < float("inf")).all()):
+            raise ValueError("logits must not contain NaN or +inf")
+        if not bool((logits > float("-inf")).any(dim=1).all()):
+            raise ValueError("logits must have at least one finite entry in every row")
+    backend = dispatch.choose("gumbel_topk", logits.device, CUDA_ORDER)
+    return _IMPLS[backend](logits, noise, float(tau), int(k), bool(hard))
+
+
+def uniform_noise(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(E, K) uniform samples in (0, 1) shaped like logits; exact zeros (possible in torch.rand) are
+    lifted to the smallest normal number so that the Gumbel transform stays finite."""
+    u = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device, generator=generator)
+    return u.clamp_min_(torch.finfo(logits.dtype).tiny)
+
+
+def _compiled(logits, noise, tau, k, hard):
+    return torch.ops.nas3d.gumbel_topk(logits, noise, tau, k, hard)
+
+
+def _triton(logits, noise, tau, k, hard):
+    from ..kernels.triton import gumbel as triton_gumbel  # noqa: F401  (registers the triton ops)
+
+    return torch.ops.nas3d.gumbel_topk_triton(logits, noise, tau, k, hard)
+
+
+_IMPLS = {"reference": reference.gumbel_topk, "cpu": _compiled, "cuda": _compiled, "triton": _triton}
+
+
+def _setup_context(ctx, inputs, output):
+    logits, noise, tau, k, hard = inputs
+    weights, indices = output
+    ctx.mark_non_differentiable(indices)
+    ctx.save_for_backward(logits, noise, weights)
+    ctx.tau, ctx.hard = tau, hard
+
+
+def _make_backward(backward_op):
+    def backward(ctx, grad_weights, grad_indices):
+        logits, noise, weights = ctx.saved_tensors
+        grad_logits = None
+        if ctx.needs_input_grad[0]:
+            grad_logits = backward_op(grad_weights, logits, noise, weights, ctx.tau, ctx.hard)
+        return grad_logits, None, None, None, None
+
+    return backward
+
+
+def _fake_forward(logits, noise, tau, k, hard):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format), logits.new_empty(
+        (logits.shape[0], k), dtype=torch.int64)
+
+
+def _fake_backward(grad_weights, logits, noise, weights, tau, hard):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+if _extension.available():
+    torch.library.register_fake("nas3d::gumbel_topk")(_fake_forward)
+    torch.library.register_fake("nas3d::gumbel_topk_backward")(_fake_backward)
+    torch.library.register_autograd("nas3d::gumbel_topk", _make_backward(torch.ops.nas3d.gumbel_topk_backward),
+                                    setup_context=_setup_context)
+
+
+def register_triton_autograd() -> None:
+    """Called by kernels/triton/gumbel.py once its ops exist."""
+    torch.library.register_autograd("nas3d::gumbel_topk_triton",
+                                    _make_backward(torch.ops.nas3d.gumbel_topk_backward_triton),
+                                    setup_context=_setup_context)

@@ -1,0 +1,9 @@
+"""Plain-PyTorch references of every nas3d op: short, obviously correct, differentiable by autograd.
+
+They are the ground truth the cpu, cuda and triton backends are tested against, and the fallback when
+no compiled backend can run.
+"""
+
+from .gumbel import gumbel_topk
+
+__all__ = ["gumbel_topk"]

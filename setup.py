@@ -1,0 +1,84 @@
+"""Builds nas3d_fast._C with torch's cpp_extension.
+
+CPU kernels are always compiled. CUDA kernels are compiled when nvcc and a CUDA build of torch are both
+present, or when FORCE_CUDA=1 (then a missing toolkit is an error); FORCE_CPU=1 skips them.
+TORCH_CUDA_ARCH_LIST chooses the GPU architectures (e.g. "7.0" for V100 with CUDA 12, "7.5;8.0;9.0").
+Build in place with:  pip install --no-build-isolation -e .
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from setuptools import setup
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _want_cuda() -> bool:
+    import torch
+
+    if _flag("FORCE_CPU"):
+        return False
+    have_toolkit = cpp_extension.CUDA_HOME is not None
+    have_cuda_torch = torch.version.cuda is not None
+    if _flag("FORCE_CUDA"):
+        missing = [w for w, ok in (("nvcc/CUDA_HOME", have_toolkit), ("a CUDA build of torch", have_cuda_torch)) if not ok]
+        if missing:
+            raise RuntimeError(f"FORCE_CUDA=1 but {' and '.join(missing)} not found; set CUDA_HOME or install one")
+        return True
+    return have_toolkit and have_cuda_torch
+
+
+def _sources(pattern: str) -> list[str]:
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern), recursive=True))
+
+
+def _pip_cuda_includes() -> list[str]:
+    """Headers of the CUDA libraries torch itself depends on (cuSPARSE, cuBLAS, ...) ship in the nvidia
+    pip packages; a minimal system toolkit may lack them, and ATen/cuda headers include them."""
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    found = []
+    for root in getattr(nvidia, "__path__", []):
+        found += sorted(glob.glob(os.path.join(root, "cu*", "include"))) + sorted(glob.glob(os.path.join(root, "*", "include")))
+    return [d for d in found if os.path.isdir(d)]
+
+
+def extensions():
+    with_cuda = _want_cuda()
+    sources = _sources("csrc/**/*.cpp") + _sources("python/*.cpp")
+    cxx = ["-O3", "-fopenmp", "-fvisibility=hidden"]
+    macros = []
+    if with_cuda:
+        sources += _sources("csrc/**/*.cu")
+        macros.append(("NAS3D_WITH_CUDA", None))
+        nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+        ext = cpp_extension.CUDAExtension(
+            "nas3d_fast._C",
+            sources,
+            define_macros=macros,
+            include_dirs=_pip_cuda_includes(),
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_link_args=["-fopenmp"],
+        )
+    else:
+        ext = cpp_extension.CppExtension(
+            "nas3d_fast._C", sources, define_macros=macros, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"]
+        )
+    print(f"nas3d_fast: building _C with {'CPU and CUDA' if with_cuda else 'CPU'} kernels ({len(sources)} sources)")
+    return [ext]
+
+
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)

@@ -1,0 +1,178 @@
+"""gumbel_topk: every backend against the reference (through the op harness), plus the sampling law."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from harness import OpSpec, OpTests, forced_backend
+
+import nas3d_fast
+from nas3d_fast.ops import gumbel_topk
+
+TAU = 0.7
+
+
+def make_inputs(dtype, device, contiguous=True, seed=0, E=33, K=7, k=2, hard=False, tau=TAU):
+    """Logits whose perturbed values z = (logits + g) / tau are spaced >= 0.6 apart in every row, so
+    that the top-k choice is the same at every precision (low-precision runs are compared on weights)."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(E, K, generator=gen, dtype=torch.float64).clamp(0.02, 0.98)
+    order = torch.argsort(torch.rand(E, K, generator=gen), dim=1).double()
+    z = order * 0.6 + 0.1 * torch.rand(E, K, generator=gen, dtype=torch.float64)
+    logits = z * tau + torch.log(-torch.log(u))
+    if not contiguous:  # column-major logits, every other column of a wider noise buffer
+        logits = logits.t().contiguous().t()
+        wide = torch.zeros(E, 2 * K, dtype=torch.float64)
+        wide[:, ::2] = u
+        u = wide[:, ::2]
+    logits = logits.to(device=device, dtype=dtype).requires_grad_(True)
+    return {"logits": logits, "noise": u.to(device=device, dtype=dtype), "tau": tau, "k": k, "hard": hard}
+
+
+def call(inputs):
+    return gumbel_topk(**inputs)
+
+
+def opchecks(k, hard):
+    def samples(device, forward, backward):
+        inputs = make_inputs(torch.float32, device, k=k, hard=hard)
+        logits, noise = inputs["logits"], inputs["noise"]
+        weights, _ = forward(logits.detach(), noise, TAU, k, hard)
+        grad = torch.randn_like(weights)
+        return [(forward.default, (logits, noise, TAU, k, hard)),
+                (backward.default, (grad, logits.detach(), noise, weights, TAU, hard))]
+
+    def compiled(device):
+        return samples(device, torch.ops.nas3d.gumbel_topk, torch.ops.nas3d.gumbel_topk_backward)
+
+    def triton(device):
+        import nas3d_fast.kernels.triton.gumbel  # noqa: F401  (registers the triton ops)
+
+        return samples(device, torch.ops.nas3d.gumbel_topk_triton, torch.ops.nas3d.gumbel_topk_backward_triton)
+
+    return {"cpu": compiled, "cuda": compiled, "triton": triton}
+
+
+def bad_inputs(device):
+    good = make_inputs(torch.float32, device)
+    logits, noise = good["logits"], good["noise"]
+    nan = logits.detach().clone()
+    nan[3, 2] = float("nan")
+    all_masked = logits.detach().clone()
+    all_masked[0] = float("-inf")
+    return [
+        ("rank", {**good, "logits": logits[0]}, ValueError, "logits must have 2 dimensions"),
+        ("int", {**good, "logits": logits.long()}, ValueError, "logits must have dtype"),
+        ("no columns", {**good, "logits": logits[:, :0], "noise": noise[:, :0]}, ValueError, "at least one column"),
+        ("tau", {**good, "tau": 0.0}, ValueError, "tau must be a number > 0"),
+        ("k=3", {**good, "k": 3}, ValueError, "k must be 1 or 2"),
+        ("k>K", {**good, "logits": logits[:, :1], "noise": noise[:, :1]}, ValueError, "k must be <= K"),
+        ("hard k=2", {**good, "hard": True}, ValueError, "hard=True needs k=1"),
+        ("noise shape", {**good, "noise": noise[:, :3]}, ValueError, "noise must have the shape of logits"),
+        ("noise dtype", {**good, "noise": noise.double()}, ValueError, "noise must have the dtype of logits"),
+        ("noise range", {**good, "noise": noise + 1.0}, ValueError, "strictly inside \\(0, 1\\)"),
+        ("nan", {**good, "logits": nan}, ValueError, "NaN or \\+inf"),
+        ("row of -inf", {**good, "logits": all_masked}, ValueError, "one finite entry in every row"),
+    ]
+
+
+class TestGumbelTop2(OpTests):
+    spec = OpSpec(name="gumbel_topk(k=2)", call=call, make_inputs=make_inputs, grad_inputs=("logits",),
+                  float_outputs=(0,), exact_outputs=(1,), opchecks=opchecks(2, False), bad_inputs=bad_inputs)
+
+
+class TestGumbelTop1Hard(OpTests):
+    """Straight-through: the forward is one-hot, so gradcheck (finite differences) does not apply; the
+    gradient is checked against the reference's straight-through autograd instead."""
+
+    spec = OpSpec(name="gumbel_topk(k=1, hard)", call=call,
+                  make_inputs=lambda **kw: make_inputs(**kw, k=1, hard=True), grad_inputs=("logits",),
+                  float_outputs=(0,), exact_outputs=(1,), gradcheck_backends=(), opchecks=opchecks(1, True),
+                  bad_inputs=bad_inputs)
+
+
+def _plackett_luce_pair_probs(p: torch.Tensor) -> torch.Tensor:
+    """P(first = i, second = j) when sampling two without replacement with probabilities p."""
+    pair = p[:, None] * p[None, :] / (1 - p[:, None])
+    return pair.fill_diagonal_(0)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_indices_follow_gumbel_top_k_law(backend):
+    """Over many draws, (first, second) follow sampling without replacement from softmax(logits),
+    whatever tau (chi-square goodness of fit)."""
+    from scipy.stats import chisquare
+
+    reasons = nas3d_fast.backends()[backend].reason
+    if not nas3d_fast.backends()[backend].usable:
+        pytest.skip(reasons)
+    logits = torch.tensor([1.0, 0.0, -0.5, 0.7, -2.0])
+    draws = 20000
+    gen = torch.Generator().manual_seed(1234)
+    with forced_backend(backend):
+        _, idx = gumbel_topk(logits.expand(draws, -1), tau=0.3, k=2, generator=gen)
+    K = logits.numel()
+    observed = torch.bincount(idx[:, 0] * K + idx[:, 1], minlength=K * K).double()
+    expected = _plackett_luce_pair_probs(torch.softmax(logits.double(), 0)).flatten() * draws
+    keep = expected > 0
+    assert observed[~keep].sum() == 0, "an op was chosen twice in one row"
+    _, p_value = chisquare(observed[keep].numpy(), expected[keep].numpy())
+    assert p_value > 1e-4, f"chosen pairs do not follow the Gumbel-top-2 law (p = {p_value:.2e})"
+
+
+def test_weights_sum_to_one_and_order():
+    inputs = make_inputs(torch.float64, "cpu")
+    w, idx = gumbel_topk(**inputs)
+    torch.testing.assert_close(w.sum(1), torch.ones(w.shape[0], dtype=w.dtype))
+    assert (w > 0).sum(1).eq(2).all()
+    first, second = w.gather(1, idx).unbind(1)
+    assert (first >= second).all()
+
+
+def test_k1_soft_weight_is_one_with_zero_gradient():
+    inputs = make_inputs(torch.float64, "cpu", k=1)
+    w, idx = gumbel_topk(**inputs)
+    assert torch.equal(w, torch.zeros_like(w).scatter(1, idx, 1.0))
+    (g,) = torch.autograd.grad(w.sum(), inputs["logits"])
+    assert torch.count_nonzero(g) == 0
+
+
+def test_hard_gradient_is_softmax_gradient():
+    inputs = make_inputs(torch.float64, "cpu", k=1, hard=True)
+    logits, noise = inputs["logits"], inputs["noise"]
+    w, _ = gumbel_topk(**inputs)
+    cot = torch.randn_like(w)
+    (g,) = torch.autograd.grad(w, logits, cot)
+    y = torch.softmax((logits - torch.log(-torch.log(noise))) / TAU, 1)
+    (want,) = torch.autograd.grad(y, logits, cot)
+    torch.testing.assert_close(g, want)
+
+
+def test_generator_reproducible_and_noise_in_range():
+    logits = torch.randn(100, 8)
+    a = gumbel_topk(logits, 1.0, generator=torch.Generator().manual_seed(7))
+    b = gumbel_topk(logits, 1.0, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    u = nas3d_fast.ops.gumbel.uniform_noise(torch.empty(1000, 100, dtype=torch.float16))
+    assert (u > 0).all() and (u < 1).all()
+
+
+def test_masked_op_never_chosen():
+    logits = torch.randn(500, 6)
+    logits[:, 2] = float("-inf")
+    w, idx = gumbel_topk(logits, 0.5, k=2)
+    assert not (idx == 2).any() and torch.isfinite(w).all()
+
+
+def test_empty_rows():
+    w, idx = gumbel_topk(torch.zeros(0, 4, requires_grad=True), 1.0)
+    assert w.shape == (0, 4) and idx.shape == (0, 2)
+
+
+def test_large_temperature_range_is_finite():
+    logits = torch.randn(64, 8, dtype=torch.float32)
+    for tau in (1e-3, 1e-1, 1.0, 1e3):
+        w, _ = gumbel_topk(logits, tau)
+        assert torch.isfinite(w).all() and math.isclose(float(w.sum()), 64.0, rel_tol=1e-5)
