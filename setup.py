@@ -4,6 +4,8 @@ CPU kernels are always compiled. CUDA kernels are compiled when nvcc and a CUDA 
 present, or when FORCE_CUDA=1 (then a missing toolkit is an error); FORCE_CPU=1 skips them.
 TORCH_CUDA_ARCH_LIST chooses the GPU architectures (e.g. "7.0" for V100 with CUDA 12, "7.5;8.0;9.0").
 Build in place with:  pip install --no-build-isolation -e .
+NAS3D_METADATA_ONLY=1 installs the package without compiling (the Makefile then runs
+`setup.py build_ext --inplace`, which ninja keeps incremental).
 """
 
 from __future__ import annotations
@@ -79,6 +81,6 @@ def extensions():
 
 
 setup(
-    ext_modules=extensions(),
+    ext_modules=[] if _flag("NAS3D_METADATA_ONLY") else extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

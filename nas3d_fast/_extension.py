@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import warnings
 
+import torch  # noqa: F401  (loads libc10/libtorch, which _C links against)
+
 BUILD_HINT = (
     "build it from a source checkout with `make install` (or `pip install --no-build-isolation -e .`); "
     "set FORCE_CPU=1 to skip the CUDA kernels"

@@ -44,12 +44,12 @@ def _status(name: str) -> BackendStatus:
         return BackendStatus(name, True)
     if name == "cpu":
         if not _extension.available():
-            return BackendStatus(name, False, f"nas3d_fast._C is not built ({_extension.load_error}); {_extension.BUILD_HINT}")
+            return BackendStatus(name, False, f"nas3d_fast._C could not be loaded ({_extension.load_error}); {_extension.BUILD_HINT}")
         return BackendStatus(name, True)
     if name == "cuda":
         reasons = []
         if not _extension.available():
-            reasons.append(f"nas3d_fast._C is not built; {_extension.BUILD_HINT}")
+            reasons.append(f"nas3d_fast._C could not be loaded; {_extension.BUILD_HINT}")
         elif not _extension.cuda_compiled():
             reasons.append("nas3d_fast._C was built without CUDA kernels (no nvcc or CPU torch at build time, or FORCE_CPU=1)")
         if torch.version.cuda is None:

@@ -1,12 +1,15 @@
 // Gumbel top-k sampling (SCNAS Algorithm 1): the per-row arithmetic shared by the CPU and CUDA kernels.
 //
 // For one row of K logits l, uniform noise u in (0, 1) and temperature tau:
-//   z_j = (l_j - log(-log(u_j))) / tau,   y = softmax(z)
+//   g_j = -log(-log(u_j)),   z_j = (l_j + g_j) / tau,   y = softmax(z)
 // the top-k entries of z (equivalently of y; ties to the lower index) are chosen and
 //   weights_i = y_i / sum_{chosen} y  =  exp(z_i - z_top1) / sum_{chosen j} exp(z_j - z_top1)
 // for chosen i, 0 elsewhere. hard (k = 1) gives a one-hot row.
 // Backward, with p = weights (soft) or p = y (hard, straight-through):
-//   dL/dl_j = p_j * (g_j - sum_i p_i g_i) / tau
+//   dL/dl_j = p_j * (grad_j - sum_i p_i grad_i) / tau
+//
+// The row functions read z through an accessor z_at(j): the CUDA kernels compute g from u inline
+// (gumbel_from_uniform); the CPU kernels take g precomputed by ATen's vectorised log.
 #pragma once
 
 #include "../common/macros.h"
@@ -14,29 +17,20 @@
 namespace nas3d {
 namespace gumbel {
 
-// z_j of a strided row: (logits[j] + Gumbel(noise[j])) / tau, in the accumulation type.
-template <typename scalar_t>
-NAS3D_HOST_DEVICE acc_t<scalar_t> perturbed_logit(const scalar_t* logits, int64_t logits_stride,
-                                                  const scalar_t* noise, int64_t noise_stride, int64_t j,
-                                                  acc_t<scalar_t> inv_tau) {
-  using acc = acc_t<scalar_t>;
-  const acc u = static_cast<acc>(noise[j * noise_stride]);
-  return (static_cast<acc>(logits[j * logits_stride]) - math_log(-math_log(u))) * inv_tau;
+template <typename acc>
+NAS3D_HOST_DEVICE acc gumbel_from_uniform(acc u) {
+  return -math_log(-math_log(u));
 }
 
-// One row of the forward. logits/noise are strided rows of length K; weights is a contiguous row of
-// length K; indices a contiguous row of length k (k in {1, 2}, k <= K).
-template <typename scalar_t>
-NAS3D_HOST_DEVICE void forward_row(const scalar_t* logits, int64_t logits_stride, const scalar_t* noise,
-                                   int64_t noise_stride, int64_t K, acc_t<scalar_t> inv_tau, int64_t k,
-                                   scalar_t* weights, int64_t* indices) {
-  using acc = acc_t<scalar_t>;
+// One row of the forward: writes the contiguous weights row (K) and indices row (k in {1, 2}, k <= K).
+template <typename acc, typename scalar_t, typename ZAt>
+NAS3D_HOST_DEVICE void forward_row(ZAt z_at, int64_t K, int64_t k, scalar_t* weights, int64_t* indices) {
   int64_t i1 = 0;
   int64_t i2 = -1;
-  acc z1 = perturbed_logit(logits, logits_stride, noise, noise_stride, 0, inv_tau);
+  acc z1 = z_at(0);
   acc z2 = z1;
   for (int64_t j = 1; j < K; ++j) {
-    const acc z = perturbed_logit(logits, logits_stride, noise, noise_stride, j, inv_tau);
+    const acc z = z_at(j);
     // Strict comparisons keep the lower index on ties.
     if (z > z1) {
       i2 = i1;
@@ -61,41 +55,34 @@ NAS3D_HOST_DEVICE void forward_row(const scalar_t* logits, int64_t logits_stride
   weights[i2] = static_cast<scalar_t>(e / s);
 }
 
-// One row of the backward. grad/weights/logits/noise are strided rows of length K; grad_logits is a
-// contiguous row of length K. weights is read when !hard, logits and noise when hard (y is recomputed
-// rather than stored: it costs three cheap passes over K and saves an (E, K) buffer).
-template <typename scalar_t>
-NAS3D_HOST_DEVICE void backward_row(const scalar_t* grad, int64_t grad_stride, const scalar_t* logits,
-                                    int64_t logits_stride, const scalar_t* noise, int64_t noise_stride,
-                                    const scalar_t* weights, int64_t weights_stride, int64_t K,
-                                    acc_t<scalar_t> inv_tau, bool hard, scalar_t* grad_logits) {
-  using acc = acc_t<scalar_t>;
-  if (!hard) {
-    acc dot = 0;
-    for (int64_t j = 0; j < K; ++j)
-      dot += static_cast<acc>(weights[j * weights_stride]) * static_cast<acc>(grad[j * grad_stride]);
-    for (int64_t j = 0; j < K; ++j) {
-      const acc p = static_cast<acc>(weights[j * weights_stride]);
-      grad_logits[j] = static_cast<scalar_t>(p * (static_cast<acc>(grad[j * grad_stride]) - dot) * inv_tau);
-    }
-    return;
-  }
-  acc m = perturbed_logit(logits, logits_stride, noise, noise_stride, 0, inv_tau);
+// One row of the backward with p = weights (soft): grad_at(j) and p_at(j) read the strided rows.
+template <typename acc, typename scalar_t, typename GradAt, typename PAt>
+NAS3D_HOST_DEVICE void backward_row_soft(GradAt grad_at, PAt p_at, int64_t K, acc inv_tau, scalar_t* grad_logits) {
+  acc dot = 0;
+  for (int64_t j = 0; j < K; ++j) dot += p_at(j) * grad_at(j);
+  for (int64_t j = 0; j < K; ++j) grad_logits[j] = static_cast<scalar_t>(p_at(j) * (grad_at(j) - dot) * inv_tau);
+}
+
+// One row of the straight-through backward: p = y = softmax(z), recomputed from z_at rather than
+// stored (three cheap passes over K save an (E, K) buffer).
+template <typename acc, typename scalar_t, typename GradAt, typename ZAt>
+NAS3D_HOST_DEVICE void backward_row_hard(GradAt grad_at, ZAt z_at, int64_t K, acc inv_tau, scalar_t* grad_logits) {
+  acc m = z_at(0);
   for (int64_t j = 1; j < K; ++j) {
-    const acc z = perturbed_logit(logits, logits_stride, noise, noise_stride, j, inv_tau);
+    const acc z = z_at(j);
     m = z > m ? z : m;
   }
   acc sum = 0;
   acc dot = 0;
   for (int64_t j = 0; j < K; ++j) {
-    const acc e = math_exp(perturbed_logit(logits, logits_stride, noise, noise_stride, j, inv_tau) - m);
+    const acc e = math_exp(z_at(j) - m);
     sum += e;
-    dot += e * static_cast<acc>(grad[j * grad_stride]);
+    dot += e * grad_at(j);
   }
   dot /= sum;
   for (int64_t j = 0; j < K; ++j) {
-    const acc y = math_exp(perturbed_logit(logits, logits_stride, noise, noise_stride, j, inv_tau) - m) / sum;
-    grad_logits[j] = static_cast<scalar_t>(y * (static_cast<acc>(grad[j * grad_stride]) - dot) * inv_tau);
+    const acc y = math_exp(z_at(j) - m) / sum;
+    grad_logits[j] = static_cast<scalar_t>(y * (grad_at(j) - dot) * inv_tau);
   }
 }
 

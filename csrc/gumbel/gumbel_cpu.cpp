@@ -1,8 +1,14 @@
-// CPU kernels of nas3d::gumbel_topk: rows in parallel (at::parallel_for), the row math of gumbel.h.
+// CPU kernels of nas3d::gumbel_topk. The Gumbel transform g = -log(-log(u)) runs through ATen's
+// vectorised log (SLEEF, dispatched at run time to the CPU's widest vector unit); the rest of each row
+// (perturb, top-k, renormalise, validate) is one fused pass, rows in parallel.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/log.h>
 #include <torch/library.h>
+
+#include <atomic>
+#include <limits>
 
 #include "gumbel.h"
 #include "gumbel_args.h"
@@ -11,8 +17,15 @@ namespace nas3d {
 namespace gumbel {
 namespace {
 
-// Rows per task: a row costs ~K transcendental pairs, so small E stays on one thread.
-int64_t grain_size(int64_t K) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(K, 1)); }
+// Rows per task: a row costs ~K compares and exps, so small E stays on one thread.
+int64_t grain_size(int64_t K) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(K, 1)); }
+
+// g = -log(-log(u)) in the accumulation dtype (float for half/bfloat16 noise), contiguous (E, K).
+at::Tensor gumbel_noise(const at::Tensor& noise) {
+  const auto acc_dtype = noise.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor g = at::log(noise.to(acc_dtype));
+  return g.neg_().log_().neg_();
+}
 
 std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& logits, const at::Tensor& noise,
                                                    double tau, int64_t k, bool hard) {
@@ -21,10 +34,14 @@ std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& logits, con
   const int64_t K = logits.size(1);
   at::Tensor weights = at::empty({E, K}, logits.options());
   at::Tensor indices = at::empty({E, k}, logits.options().dtype(at::kLong));
+  if (E == 0) return {weights, indices};
+  const at::Tensor g = gumbel_noise(noise);
+  std::atomic<bool> bad_noise{false}, bad_logit{false}, masked_row{false};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gumbel_topk_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const scalar_t* l = logits.const_data_ptr<scalar_t>();
     const scalar_t* u = noise.const_data_ptr<scalar_t>();
+    const acc* gp = g.const_data_ptr<acc>();
     scalar_t* w = weights.mutable_data_ptr<scalar_t>();
     int64_t* idx = indices.mutable_data_ptr<int64_t>();
     const int64_t ls0 = logits.stride(0), ls1 = logits.stride(1);
@@ -32,10 +49,26 @@ std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& logits, con
     const acc inv_tau = static_cast<acc>(1.0 / tau);
     at::parallel_for(0, E, grain_size(K), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
-        forward_row<scalar_t>(l + r * ls0, ls1, u + r * us0, us1, K, inv_tau, k, w + r * K, idx + r * k);
+        const scalar_t* lr = l + r * ls0;
+        const scalar_t* ur = u + r * us0;
+        const acc* gr = gp + r * K;
+        bool finite_entry = false;
+        for (int64_t j = 0; j < K; ++j) {
+          const acc lv = static_cast<acc>(lr[j * ls1]);
+          const acc uv = static_cast<acc>(ur[j * us1]);
+          if (!(uv > 0 && uv < 1)) bad_noise.store(true, std::memory_order_relaxed);
+          if (!(lv < std::numeric_limits<acc>::infinity())) bad_logit.store(true, std::memory_order_relaxed);
+          finite_entry |= lv > -std::numeric_limits<acc>::infinity();
+        }
+        if (!finite_entry) masked_row.store(true, std::memory_order_relaxed);
+        auto z_at = [&](int64_t j) { return (static_cast<acc>(lr[j * ls1]) + gr[j]) * inv_tau; };
+        forward_row<acc>(z_at, K, k, w + r * K, idx + r * k);
       }
     });
   });
+  TORCH_CHECK_VALUE(!bad_noise, "noise must hold uniform samples strictly inside (0, 1)");
+  TORCH_CHECK_VALUE(!bad_logit, "logits must not contain NaN or +inf");
+  TORCH_CHECK_VALUE(!masked_row, "logits must have at least one finite entry in every row");
   return {weights, indices};
 }
 
@@ -45,22 +78,29 @@ at::Tensor gumbel_topk_backward_cpu(const at::Tensor& grad, const at::Tensor& lo
   const int64_t E = logits.size(0);
   const int64_t K = logits.size(1);
   at::Tensor grad_logits = at::empty({E, K}, logits.options());
+  if (E == 0) return grad_logits;
+  const at::Tensor g = hard ? gumbel_noise(noise) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gumbel_topk_backward_cpu", [&] {
     using acc = acc_t<scalar_t>;
-    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    const scalar_t* gradp = grad.const_data_ptr<scalar_t>();
     const scalar_t* l = logits.const_data_ptr<scalar_t>();
-    const scalar_t* u = noise.const_data_ptr<scalar_t>();
     const scalar_t* w = weights.const_data_ptr<scalar_t>();
+    const acc* gp = hard ? g.const_data_ptr<acc>() : nullptr;
     scalar_t* out = grad_logits.mutable_data_ptr<scalar_t>();
     const int64_t gs0 = grad.stride(0), gs1 = grad.stride(1);
     const int64_t ls0 = logits.stride(0), ls1 = logits.stride(1);
-    const int64_t us0 = noise.stride(0), us1 = noise.stride(1);
     const int64_t ws0 = weights.stride(0), ws1 = weights.stride(1);
     const acc inv_tau = static_cast<acc>(1.0 / tau);
     at::parallel_for(0, E, grain_size(K), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
-        backward_row<scalar_t>(g + r * gs0, gs1, l + r * ls0, ls1, u + r * us0, us1, w + r * ws0, ws1, K, inv_tau,
-                               hard, out + r * K);
+        auto grad_at = [&](int64_t j) { return static_cast<acc>(gradp[r * gs0 + j * gs1]); };
+        if (hard) {
+          auto z_at = [&](int64_t j) { return (static_cast<acc>(l[r * ls0 + j * ls1]) + gp[r * K + j]) * inv_tau; };
+          backward_row_hard<acc>(grad_at, z_at, K, inv_tau, out + r * K);
+        } else {
+          auto p_at = [&](int64_t j) { return static_cast<acc>(w[r * ws0 + j * ws1]); };
+          backward_row_soft<acc>(grad_at, p_at, K, inv_tau, out + r * K);
+        }
       }
     });
   });

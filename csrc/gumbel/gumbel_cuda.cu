@@ -21,10 +21,15 @@ __global__ void forward_kernel(const scalar_t* __restrict__ logits, int64_t ls0,
                                const scalar_t* __restrict__ noise, int64_t us0, int64_t us1, int64_t E, int64_t K,
                                acc_t<scalar_t> inv_tau, int64_t k, scalar_t* __restrict__ weights,
                                int64_t* __restrict__ indices) {
+  using acc = acc_t<scalar_t>;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= E) return;
-  forward_row<scalar_t>(logits + r * ls0, ls1, noise + r * us0, us1, K, inv_tau, k, weights + r * K,
-                        indices + r * k);
+  const scalar_t* lr = logits + r * ls0;
+  const scalar_t* ur = noise + r * us0;
+  auto z_at = [&](int64_t j) {
+    return (static_cast<acc>(lr[j * ls1]) + gumbel_from_uniform(static_cast<acc>(ur[j * us1]))) * inv_tau;
+  };
+  forward_row<acc>(z_at, K, k, weights + r * K, indices + r * k);
 }
 
 template <typename scalar_t>
@@ -33,10 +38,21 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad, int64_t gs0, 
                                 const scalar_t* __restrict__ noise, int64_t us0, int64_t us1,
                                 const scalar_t* __restrict__ weights, int64_t ws0, int64_t ws1, int64_t E,
                                 int64_t K, acc_t<scalar_t> inv_tau, bool hard, scalar_t* __restrict__ out) {
+  using acc = acc_t<scalar_t>;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= E) return;
-  backward_row<scalar_t>(grad + r * gs0, gs1, logits + r * ls0, ls1, noise + r * us0, us1, weights + r * ws0, ws1,
-                         K, inv_tau, hard, out + r * K);
+  auto grad_at = [&](int64_t j) { return static_cast<acc>(grad[r * gs0 + j * gs1]); };
+  if (hard) {
+    auto z_at = [&](int64_t j) {
+      return (static_cast<acc>(logits[r * ls0 + j * ls1]) +
+              gumbel_from_uniform(static_cast<acc>(noise[r * us0 + j * us1]))) *
+             inv_tau;
+    };
+    backward_row_hard<acc>(grad_at, z_at, K, inv_tau, out + r * K);
+  } else {
+    auto p_at = [&](int64_t j) { return static_cast<acc>(weights[r * ws0 + j * ws1]); };
+    backward_row_soft<acc>(grad_at, p_at, K, inv_tau, out + r * K);
+  }
 }
 
 unsigned int num_blocks(int64_t E) { return static_cast<unsigned int>((E + kThreads - 1) / kThreads); }

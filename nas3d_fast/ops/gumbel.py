@@ -58,15 +58,20 @@ def gumbel_topk(logits: torch.Tensor, tau: float, k: int = 2, hard: bool = False
         noise = uniform_noise(logits, generator)
     else:
         check_like(noise, logits, "noise", "logits")
-        if checking_values(noise) and E * K and not bool(((noise > 0) & (noise < 1)).all()):
-            raise ValueError("noise must hold uniform samples strictly inside (0, 1)")
-    if checking_values(logits) and E * K:
-        if not bool((logits < float("inf")).all()):
-            raise ValueError("logits must not contain NaN or +inf")
-        if not bool((logits > float("-inf")).any(dim=1).all()):
-            raise ValueError("logits must have at least one finite entry in every row")
     backend = dispatch.choose("gumbel_topk", logits.device, CUDA_ORDER)
+    # The cpu kernel checks values in its own pass; elsewhere a check costs extra passes (and a sync).
+    if backend != "cpu" and E * K and checking_values(logits, noise):
+        _check_values(logits, noise)
     return _IMPLS[backend](logits, noise, float(tau), int(k), bool(hard))
+
+
+def _check_values(logits: torch.Tensor, noise: torch.Tensor) -> None:
+    if not bool(((noise > 0) & (noise < 1)).all()):
+        raise ValueError("noise must hold uniform samples strictly inside (0, 1)")
+    if not bool((logits < float("inf")).all()):
+        raise ValueError("logits must not contain NaN or +inf")
+    if not bool((logits > float("-inf")).any(dim=1).all()):
+        raise ValueError("logits must have at least one finite entry in every row")
 
 
 def uniform_noise(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -97,15 +102,13 @@ def _setup_context(ctx, inputs, output):
     ctx.tau, ctx.hard = tau, hard
 
 
-def _make_backward(backward_op):
-    def backward(ctx, grad_weights, grad_indices):
-        logits, noise, weights = ctx.saved_tensors
-        grad_logits = None
-        if ctx.needs_input_grad[0]:
-            grad_logits = backward_op(grad_weights, logits, noise, weights, ctx.tau, ctx.hard)
-        return grad_logits, None, None, None, None
-
-    return backward
+def _backward(ctx, grad_weights, grad_indices):
+    logits, noise, weights = ctx.saved_tensors
+    grad_logits = None
+    if ctx.needs_input_grad[0]:
+        grad_logits = torch.ops.nas3d.gumbel_topk_backward_triton(grad_weights, logits, noise, weights, ctx.tau,
+                                                                  ctx.hard)
+    return grad_logits, None, None, None, None
 
 
 def _fake_forward(logits, noise, tau, k, hard):
@@ -117,15 +120,11 @@ def _fake_backward(grad_weights, logits, noise, weights, tau, hard):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
-if _extension.available():
+if _extension.available():  # autograd of the compiled op is registered in C++ (csrc/gumbel/gumbel_autograd.cpp)
     torch.library.register_fake("nas3d::gumbel_topk")(_fake_forward)
     torch.library.register_fake("nas3d::gumbel_topk_backward")(_fake_backward)
-    torch.library.register_autograd("nas3d::gumbel_topk", _make_backward(torch.ops.nas3d.gumbel_topk_backward),
-                                    setup_context=_setup_context)
 
 
 def register_triton_autograd() -> None:
-    """Called by kernels/triton/gumbel.py once its ops exist."""
-    torch.library.register_autograd("nas3d::gumbel_topk_triton",
-                                    _make_backward(torch.ops.nas3d.gumbel_topk_backward_triton),
-                                    setup_context=_setup_context)
+    """Called by kernels/triton/gumbel.py once its ops exist (the twin of gumbel_autograd.cpp)."""
+    torch.library.register_autograd("nas3d::gumbel_topk_triton", _backward, setup_context=_setup_context)

@@ -1,0 +1,88 @@
+"""The ``nas3d`` command.
+
+    nas3d info           versions (torch, CUDA, Triton, compilers) and the backend table
+    nas3d bench SUITE    a benchmark suite side by side with its baselines (see benchmarks/run.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import platform
+import sys
+
+import torch
+
+from . import __version__, _extension
+from .dispatch import backends
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def info_rows() -> list[tuple[str, str]]:
+    """(name, value) pairs describing this installation."""
+    rows = [
+        ("nas3d_fast", __version__),
+        ("python", platform.python_version()),
+        ("torch", torch.__version__),
+        ("torch CUDA", torch.version.cuda or "none (CPU build)"),
+        ("CUDA devices", ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+         if torch.cuda.is_available() else "none"),
+        ("triton", _version("triton")),
+        ("CPU capability", torch.backends.cpu.get_cpu_capability()),
+        ("torch threads", str(torch.get_num_threads())),
+    ]
+    if _extension.available():
+        rows.append(("_C C++ compiler", _extension._C.cxx_compiler()))
+        rows.append(("_C CUDA kernels", _extension._C.cuda_compiler() or "not compiled"))
+    else:
+        rows.append(("_C", f"not loaded: {_extension.load_error}"))
+    return rows
+
+
+def cmd_info(args) -> int:
+    for name, value in info_rows():
+        print(f"{name:<16} {value}")
+    print()
+    print(f"{'backend':<10} {'usable':<7} reason")
+    for name, status in backends().items():
+        print(f"{name:<10} {'yes' if status.usable else 'no':<7} {status.reason}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    try:
+        from benchmarks import run as bench_run
+    except ImportError:
+        print("nas3d bench needs the benchmarks/ folder of a source checkout (run it from the repository root)",
+              file=sys.stderr)
+        return 2
+    argv = [args.suite] + (["--quick"] if args.quick else []) + (["--json", args.json] if args.json else [])
+    return bench_run.main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nas3d", description="Fast NAS for 3D medical image segmentation.")
+    parser.add_argument("--version", action="version", version=f"nas3d_fast {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions and the backend table").set_defaults(func=cmd_info)
+    bench = sub.add_parser("bench", help="run a benchmark suite against its baselines")
+    bench.add_argument("suite", help="suite name, e.g. gumbel")
+    bench.add_argument("--quick", action="store_true", help="fewer repeats and cases")
+    bench.add_argument("--json", metavar="PATH", help="write results as JSON")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
