@@ -72,6 +72,19 @@ def _measure_peak_in_subprocess(suite: str, case: str, device: str) -> float | N
     return value
 
 
+def _pairs(suite: Suite, names: list[str]) -> list[list[str]]:
+    """Groups timed together: each ratio's nas3d case with its baseline (so a big case's aftermath,
+    e.g. warm worker threads or a flushed cache, never lands on a small case), then any case left."""
+    groups, seen = [], set()
+    for ratio in suite.ratios:
+        group = [n for n in (ratio.nas3d, ratio.baseline) if n in names and n not in seen]
+        if group:
+            groups.append(group)
+            seen.update(group)
+    groups += [[n] for n in names if n not in seen]
+    return groups
+
+
 def run_suite(suite: Suite, quick: bool = False, repeats: int | None = None, memory: bool = True,
               progress: bool = True) -> dict:
     """Measure every runnable case of ``suite`` on every device here; returns the JSON document."""
@@ -80,22 +93,25 @@ def run_suite(suite: Suite, quick: bool = False, repeats: int | None = None, mem
     results: dict[str, dict] = {}
     skipped: dict[str, str] = {}
     for device in _devices():
-        fns = {}
+        runnable = {}
         for case in selected:
             if device not in case.devices:
                 continue
             reason = case.skip_reason(device)
             if reason:
                 skipped[_case_key(case.name, device)] = reason
-                continue
-            fns[case.name] = case.make(device)
-        bar = _progress(progress, total=repeats, what=f"{suite.name} on {device}")
-        medians = time_interleaved(fns, device, repeats, progress=bar.update if bar else None)
-        if bar:
-            bar.close()
-        for name, median in medians.items():
-            peak = _measure_peak_in_subprocess(suite.name, name, device) if memory else None
-            results[_case_key(name, device)] = {"median_s": median, "peak_mib": peak, "device": device}
+            else:
+                runnable[case.name] = case
+        for group in _pairs(suite, list(runnable)):
+            fns = {name: runnable[name].make(device) for name in group}
+            bar = _progress(progress, total=repeats, what=f"{' vs '.join(group)} on {device}")
+            medians = time_interleaved(fns, device, repeats, progress=bar.update if bar else None)
+            if bar:
+                bar.close()
+            del fns
+            for name, median in medians.items():
+                peak = _measure_peak_in_subprocess(suite.name, name, device) if memory else None
+                results[_case_key(name, device)] = {"median_s": median, "peak_mib": peak, "device": device}
     ratios = {}
     for device in _devices():
         suffix = "" if device == "cpu" else f"@{device}"

@@ -131,6 +131,9 @@ def device_reasons(name: str, device: torch.device) -> list[str]:
     return []
 
 
+_CHOICE_CACHE: dict[tuple, str] = {}
+
+
 def choose(op: str, device: torch.device, cuda_order: tuple[str, ...], extra_reasons=None) -> str:
     """The backend that runs ``op`` on tensors of ``device``.
 
@@ -139,6 +142,15 @@ def choose(op: str, device: torch.device, cuda_order: tuple[str, ...], extra_rea
     that lists every backend's reasons when none can run.
     """
 
+    if extra_reasons is None:  # the answer depends only on these: ops call this on every step
+        key = (device.type, cuda_order, _forced)
+        if key not in _CHOICE_CACHE:
+            _CHOICE_CACHE[key] = _choose(op, device, cuda_order, None)
+        return _CHOICE_CACHE[key]
+    return _choose(op, device, cuda_order, extra_reasons)
+
+
+def _choose(op: str, device: torch.device, cuda_order: tuple[str, ...], extra_reasons) -> str:
     def reasons(name: str) -> list[str]:
         found = device_reasons(name, device)
         if not found and extra_reasons is not None:

@@ -57,6 +57,7 @@ def test_automatic_choice_for_cpu_tensors():
 def test_no_backend_error_lists_every_reason(monkeypatch):
     monkeypatch.setitem(dispatch._STATUS_CACHE, "reference", dispatch.BackendStatus("reference", False, "broken"))
     monkeypatch.setitem(dispatch._STATUS_CACHE, "cpu", dispatch.BackendStatus("cpu", False, "not built"))
+    monkeypatch.setattr(dispatch, "_CHOICE_CACHE", {})
     with pytest.raises(RuntimeError, match="no backend can run.*cpu: not built.*reference: broken"):
         dispatch.choose("op", torch.device("cpu"), ("cuda", "triton"))
 

@@ -176,3 +176,50 @@ def test_large_temperature_range_is_finite():
     for tau in (1e-3, 1e-1, 1.0, 1e3):
         w, _ = gumbel_topk(logits, tau)
         assert torch.isfinite(w).all() and math.isclose(float(w.sum()), 64.0, rel_tol=1e-5)
+
+
+def _needs_compiled_cpu():
+    if not nas3d_fast.backends()["cpu"].usable:
+        pytest.skip(nas3d_fast.backends()["cpu"].reason)
+
+
+@pytest.mark.parametrize("k,hard", [(2, False), (1, True)])
+def test_sample_op_equals_explicit_noise(k, hard):
+    """gumbel_topk_sample (noise drawn in the kernel) returns the noise it drew; the explicit-noise op
+    on that noise gives the same weights, indices and gradients."""
+    _needs_compiled_cpu()
+    logits = torch.randn(50, 6, dtype=torch.float64, requires_grad=True)
+    w, idx, noise = torch.ops.nas3d.gumbel_topk_sample(logits, TAU, k, hard, torch.Generator().manual_seed(3))
+    assert ((noise > 0) & (noise < 1)).all()
+    w2, idx2 = torch.ops.nas3d.gumbel_topk(logits, noise, TAU, k, hard)
+    assert torch.equal(idx, idx2) and torch.equal(w, w2)
+    cot = torch.randn_like(w)
+    (g,) = torch.autograd.grad(w, logits, cot)
+    (g2,) = torch.autograd.grad(w2, logits, cot)
+    torch.testing.assert_close(g, g2)
+
+
+def test_sample_op_opcheck():
+    """Schema, autograd registration and fake kernel of the random op (the aot test compares two runs,
+    which a random op cannot pass, so it is left out)."""
+    _needs_compiled_cpu()
+    logits = torch.randn(9, 5, requires_grad=True)
+    torch.library.opcheck(torch.ops.nas3d.gumbel_topk_sample.default, (logits, TAU, 2, False, None),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_sampled_noise_stays_inside_unit_interval(dtype):
+    _needs_compiled_cpu()
+    _, _, noise = torch.ops.nas3d.gumbel_topk_sample(torch.zeros(4000, 16, dtype=dtype), 1.0, 2, False, None)
+    assert noise.dtype == dtype and ((noise > 0) & (noise < 1)).all()
+
+
+def test_compile_fullgraph_without_noise():
+    fn = torch.compile(lambda logits: gumbel_topk(logits, 0.5, k=2), fullgraph=True, backend="aot_eager")
+    logits = torch.randn(30, 7, requires_grad=True)
+    w, idx = fn(logits)
+    w.sum().backward()
+    assert w.shape == (30, 7) and idx.shape == (30, 2)
+    torch.testing.assert_close(w.sum(1), torch.ones(30))
+    assert logits.grad is not None

@@ -25,22 +25,28 @@ NAS3D_HOST_DEVICE acc gumbel_from_uniform(acc u) {
 // One row of the forward: writes the contiguous weights row (K) and indices row (k in {1, 2}, k <= K).
 template <typename acc, typename scalar_t, typename ZAt>
 NAS3D_HOST_DEVICE void forward_row(ZAt z_at, int64_t K, int64_t k, scalar_t* weights, int64_t* indices) {
-  int64_t i1 = 0;
-  int64_t i2 = -1;
+  // Top-2 by z with strict comparisons (the lower index wins ties), written with selects rather than
+  // branches: on random logits the branches are unpredictable (CPU) or divergent (GPU warps).
   acc z1 = z_at(0);
+  int64_t i1 = 0;
   acc z2 = z1;
-  for (int64_t j = 1; j < K; ++j) {
+  int64_t i2 = 0;
+  if (K > 1) {
+    const acc z = z_at(1);
+    const bool first = z > z1;
+    z2 = first ? z1 : z;
+    i2 = first ? 0 : 1;
+    z1 = first ? z : z1;
+    i1 = first ? 1 : 0;
+  }
+  for (int64_t j = 2; j < K; ++j) {
     const acc z = z_at(j);
-    // Strict comparisons keep the lower index on ties.
-    if (z > z1) {
-      i2 = i1;
-      z2 = z1;
-      i1 = j;
-      z1 = z;
-    } else if (i2 < 0 || z > z2) {
-      i2 = j;
-      z2 = z;
-    }
+    const bool gt1 = z > z1;
+    const bool gt2 = z > z2;
+    z2 = gt1 ? z1 : (gt2 ? z : z2);
+    i2 = gt1 ? i1 : (gt2 ? j : i2);
+    z1 = gt1 ? z : z1;
+    i1 = gt1 ? j : i1;
   }
   for (int64_t j = 0; j < K; ++j) weights[j] = static_cast<scalar_t>(0);
   indices[0] = i1;

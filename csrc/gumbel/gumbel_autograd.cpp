@@ -29,27 +29,59 @@ at::Tensor call_backward(const at::Tensor& grad, const at::Tensor& logits, const
   return op.call(grad, logits, noise, weights, tau, hard);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_sample(const at::Tensor& logits, double tau, int64_t k, bool hard,
+                                                           const std::optional<at::Generator>& generator) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("nas3d::gumbel_topk_sample", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, double, int64_t, bool,
+                                                                             std::optional<at::Generator>)>();
+  return op.call(logits, tau, k, hard, generator);
+}
+
+// Gradient of the weights (soft) or straight-through (hard); see gumbel.h.
+variable_list backward_from(AutogradContext* ctx, const variable_list& grads, size_t num_inputs) {
+  variable_list out(num_inputs);
+  if (!grads[0].defined()) return out;
+  const auto saved = ctx->get_saved_variables();
+  out[0] = call_backward(grads[0], saved[0], saved[1], saved[2], ctx->saved_data["tau"].toDouble(),
+                         ctx->saved_data["hard"].toBool());
+  return out;
+}
+
+void save_for_backward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& noise,
+                       const at::Tensor& weights, double tau, bool hard) {
+  ctx->saved_data["tau"] = tau;
+  ctx->saved_data["hard"] = hard;
+  ctx->save_for_backward({logits, noise, weights});
+  ctx->set_materialize_grads(false);  // no zero-filled gradients for the non-differentiable outputs
+}
+
 class GumbelTopk : public torch::autograd::Function<GumbelTopk> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& noise, double tau,
                                int64_t k, bool hard) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [weights, indices] = call_forward(logits, noise, tau, k, hard);
-    ctx->saved_data["tau"] = tau;
-    ctx->saved_data["hard"] = hard;
-    ctx->save_for_backward({logits, noise, weights});
+    save_for_backward(ctx, logits, noise, weights, tau, hard);
     ctx->mark_non_differentiable({indices});
-    ctx->set_materialize_grads(false);  // no zero-filled gradient for the int64 indices
     return {weights, indices};
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor grad_logits = call_backward(grads[0], saved[0], saved[1], saved[2],
-                                                 ctx->saved_data["tau"].toDouble(), ctx->saved_data["hard"].toBool());
-    return {grad_logits, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  static variable_list backward(AutogradContext* ctx, variable_list grads) { return backward_from(ctx, grads, 5); }
+};
+
+class GumbelTopkSample : public torch::autograd::Function<GumbelTopkSample> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& logits, double tau, int64_t k, bool hard,
+                               const std::optional<at::Generator>& generator) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [weights, indices, noise] = call_sample(logits, tau, k, hard, generator);
+    save_for_backward(ctx, logits, noise, weights, tau, hard);
+    ctx->mark_non_differentiable({indices, noise});
+    return {weights, indices, noise};
   }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) { return backward_from(ctx, grads, 5); }
 };
 
 std::tuple<at::Tensor, at::Tensor> gumbel_topk_autograd(const at::Tensor& logits, const at::Tensor& noise,
@@ -60,7 +92,17 @@ std::tuple<at::Tensor, at::Tensor> gumbel_topk_autograd(const at::Tensor& logits
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(nas3d, Autograd, m) { m.impl("gumbel_topk", &gumbel_topk_autograd); }
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_sample_autograd(const at::Tensor& logits, double tau,
+                                                                           int64_t k, bool hard,
+                                                                           std::optional<at::Generator> generator) {
+  const auto out = GumbelTopkSample::apply(logits, tau, k, hard, generator);
+  return {out[0], out[1], out[2]};
+}
+
+TORCH_LIBRARY_IMPL(nas3d, Autograd, m) {
+  m.impl("gumbel_topk", &gumbel_topk_autograd);
+  m.impl("gumbel_topk_sample", &gumbel_topk_sample_autograd);
+}
 
 }  // namespace gumbel
 }  // namespace nas3d

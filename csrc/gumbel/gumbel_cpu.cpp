@@ -1,7 +1,9 @@
 // CPU kernels of nas3d::gumbel_topk. The Gumbel transform g = -log(-log(u)) runs through ATen's
 // vectorised log (SLEEF, dispatched at run time to the CPU's widest vector unit); the rest of each row
 // (perturb, top-k, renormalise, validate) is one fused pass, rows in parallel.
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
+#include <ATen/core/DistributionsHelper.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/log.h>
@@ -9,6 +11,7 @@
 
 #include <atomic>
 #include <limits>
+#include <vector>
 
 #include "gumbel.h"
 #include "gumbel_args.h"
@@ -48,6 +51,9 @@ std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& logits, con
     const int64_t us0 = noise.stride(0), us1 = noise.stride(1);
     const acc inv_tau = static_cast<acc>(1.0 / tau);
     at::parallel_for(0, E, grain_size(K), [&](int64_t begin, int64_t end) {
+      // z of one row, computed once (and validated in the same pass) into a small local buffer.
+      std::vector<acc> z(K);
+      bool noise_ok = true, logits_ok = true, rows_ok = true;
       for (int64_t r = begin; r < end; ++r) {
         const scalar_t* lr = l + r * ls0;
         const scalar_t* ur = u + r * us0;
@@ -56,20 +62,43 @@ std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& logits, con
         for (int64_t j = 0; j < K; ++j) {
           const acc lv = static_cast<acc>(lr[j * ls1]);
           const acc uv = static_cast<acc>(ur[j * us1]);
-          if (!(uv > 0 && uv < 1)) bad_noise.store(true, std::memory_order_relaxed);
-          if (!(lv < std::numeric_limits<acc>::infinity())) bad_logit.store(true, std::memory_order_relaxed);
+          noise_ok &= uv > 0 && uv < 1;
+          logits_ok &= lv < std::numeric_limits<acc>::infinity();  // false for NaN too
           finite_entry |= lv > -std::numeric_limits<acc>::infinity();
+          z[j] = (lv + gr[j]) * inv_tau;
         }
-        if (!finite_entry) masked_row.store(true, std::memory_order_relaxed);
-        auto z_at = [&](int64_t j) { return (static_cast<acc>(lr[j * ls1]) + gr[j]) * inv_tau; };
-        forward_row<acc>(z_at, K, k, w + r * K, idx + r * k);
+        rows_ok &= finite_entry;
+        forward_row<acc>([&](int64_t j) { return z[j]; }, K, k, w + r * K, idx + r * k);
       }
+      if (!noise_ok) bad_noise.store(true, std::memory_order_relaxed);
+      if (!logits_ok) bad_logit.store(true, std::memory_order_relaxed);
+      if (!rows_ok) masked_row.store(true, std::memory_order_relaxed);
     });
   });
   TORCH_CHECK_VALUE(!bad_noise, "noise must hold uniform samples strictly inside (0, 1)");
   TORCH_CHECK_VALUE(!bad_logit, "logits must not contain NaN or +inf");
   TORCH_CHECK_VALUE(!masked_row, "logits must have at least one finite entry in every row");
   return {weights, indices};
+}
+
+// Noise drawn serially under the generator's lock (as torch.rand does), so a seeded generator gives
+// the same samples whatever the thread count; the smallest value is the dtype's smallest normal > 0.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_sample_cpu(const at::Tensor& logits, double tau,
+                                                                      int64_t k, bool hard,
+                                                                      std::optional<at::Generator> generator) {
+  NAS3D_CHECK_DIM(logits, "logits", 2);
+  NAS3D_CHECK_FLOATING(logits, "logits");
+  at::Tensor noise = at::empty(logits.sizes(), logits.options());
+  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gumbel_topk_sample_cpu", [&] {
+    const at::uniform_real_distribution<scalar_t> uniform(std::numeric_limits<scalar_t>::min(), scalar_t(1));
+    scalar_t* u = noise.mutable_data_ptr<scalar_t>();
+    const int64_t n = noise.numel();
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    for (int64_t i = 0; i < n; ++i) u[i] = static_cast<scalar_t>(uniform(gen));
+  });
+  auto [weights, indices] = gumbel_topk_cpu(logits, noise, tau, k, hard);
+  return {weights, indices, noise};
 }
 
 at::Tensor gumbel_topk_backward_cpu(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& noise,
@@ -111,6 +140,7 @@ at::Tensor gumbel_topk_backward_cpu(const at::Tensor& grad, const at::Tensor& lo
 
 TORCH_LIBRARY_IMPL(nas3d, CPU, m) {
   m.impl("gumbel_topk", &gumbel_topk_cpu);
+  m.impl("gumbel_topk_sample", &gumbel_topk_sample_cpu);
   m.impl("gumbel_topk_backward", &gumbel_topk_backward_cpu);
 }
 

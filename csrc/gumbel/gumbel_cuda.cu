@@ -3,6 +3,7 @@
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/rand.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -76,6 +77,21 @@ std::tuple<at::Tensor, at::Tensor> gumbel_topk_cuda(const at::Tensor& logits, co
   return {weights, indices};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_sample_cuda(const at::Tensor& logits, double tau,
+                                                                       int64_t k, bool hard,
+                                                                       std::optional<at::Generator> generator) {
+  NAS3D_CHECK_DIM(logits, "logits", 2);
+  NAS3D_CHECK_FLOATING(logits, "logits");
+  const c10::cuda::CUDAGuard guard(logits.device());
+  // torch.rand's Philox stream; exact zeros are lifted to the smallest normal so g stays finite.
+  at::Tensor noise = at::rand(logits.sizes(), generator, logits.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gumbel_topk_sample_cuda", [&] {
+    noise.clamp_min_(static_cast<double>(std::numeric_limits<scalar_t>::min()));
+  });
+  auto [weights, indices] = gumbel_topk_cuda(logits, noise, tau, k, hard);
+  return {weights, indices, noise};
+}
+
 at::Tensor gumbel_topk_backward_cuda(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& noise,
                                      const at::Tensor& weights, double tau, bool hard) {
   check_backward_args(grad, logits, noise, weights, tau);
@@ -99,6 +115,7 @@ at::Tensor gumbel_topk_backward_cuda(const at::Tensor& grad, const at::Tensor& l
 
 TORCH_LIBRARY_IMPL(nas3d, CUDA, m) {
   m.impl("gumbel_topk", &gumbel_topk_cuda);
+  m.impl("gumbel_topk_sample", &gumbel_topk_sample_cuda);
   m.impl("gumbel_topk_backward", &gumbel_topk_backward_cuda);
 }
 

@@ -54,19 +54,22 @@ def gumbel_topk(logits: torch.Tensor, tau: float, k: int = 2, hard: bool = False
         raise ValueError(f"k must be <= K = logits.shape[1] = {K}, got {k}")
     if hard and k != 1:
         raise ValueError(f"hard=True needs k=1 (straight-through one-hot), got k={k}")
-    if noise is None:
-        noise = uniform_noise(logits, generator)
-    else:
+    if noise is not None:
         check_like(noise, logits, "noise", "logits")
     backend = dispatch.choose("gumbel_topk", logits.device, CUDA_ORDER)
     # The cpu kernel checks values in its own pass; elsewhere a check costs extra passes (and a sync).
-    if backend != "cpu" and E * K and checking_values(logits, noise):
+    if backend != "cpu" and E * K and checking_values(logits):
         _check_values(logits, noise)
-    return _IMPLS[backend](logits, noise, float(tau), int(k), bool(hard))
+    if noise is not None:
+        return _IMPLS[backend](logits, noise, float(tau), int(k), bool(hard))
+    if backend in ("cpu", "cuda"):  # the kernel draws the noise itself: one op, no extra pass
+        weights, indices, _ = torch.ops.nas3d.gumbel_topk_sample(logits, float(tau), int(k), bool(hard), generator)
+        return weights, indices
+    return _IMPLS[backend](logits, uniform_noise(logits, generator), float(tau), int(k), bool(hard))
 
 
-def _check_values(logits: torch.Tensor, noise: torch.Tensor) -> None:
-    if not bool(((noise > 0) & (noise < 1)).all()):
+def _check_values(logits: torch.Tensor, noise: torch.Tensor | None) -> None:
+    if noise is not None and not bool(((noise > 0) & (noise < 1)).all()):
         raise ValueError("noise must hold uniform samples strictly inside (0, 1)")
     if not bool((logits < float("inf")).all()):
         raise ValueError("logits must not contain NaN or +inf")
@@ -116,12 +119,18 @@ def _fake_forward(logits, noise, tau, k, hard):
         (logits.shape[0], k), dtype=torch.int64)
 
 
+def _fake_sample(logits, tau, k, hard, generator=None):
+    weights, indices = _fake_forward(logits, logits, tau, k, hard)
+    return weights, indices, torch.empty_like(weights)
+
+
 def _fake_backward(grad_weights, logits, noise, weights, tau, hard):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 if _extension.available():  # autograd of the compiled op is registered in C++ (csrc/gumbel/gumbel_autograd.cpp)
     torch.library.register_fake("nas3d::gumbel_topk")(_fake_forward)
+    torch.library.register_fake("nas3d::gumbel_topk_sample")(_fake_sample)
     torch.library.register_fake("nas3d::gumbel_topk_backward")(_fake_backward)
 
 
