@@ -31,7 +31,9 @@ def _want_cuda() -> bool:
     have_toolkit = cpp_extension.CUDA_HOME is not None
     have_cuda_torch = torch.version.cuda is not None
     if _flag("FORCE_CUDA"):
-        missing = [w for w, ok in (("nvcc/CUDA_HOME", have_toolkit), ("a CUDA build of torch", have_cuda_torch)) if not ok]
+        missing = [
+            w for w, ok in (("nvcc/CUDA_HOME", have_toolkit), ("a CUDA build of torch", have_cuda_torch)) if not ok
+        ]
         if missing:
             raise RuntimeError(f"FORCE_CUDA=1 but {' and '.join(missing)} not found; set CUDA_HOME or install one")
         return True
@@ -51,7 +53,9 @@ def _pip_cuda_includes() -> list[str]:
         return []
     found = []
     for root in getattr(nvidia, "__path__", []):
-        found += sorted(glob.glob(os.path.join(root, "cu*", "include"))) + sorted(glob.glob(os.path.join(root, "*", "include")))
+        found += sorted(glob.glob(os.path.join(root, "cu*", "include"))) + sorted(
+            glob.glob(os.path.join(root, "*", "include"))
+        )
     return [d for d in found if os.path.isdir(d)]
 
 
@@ -74,7 +78,11 @@ def extensions():
         )
     else:
         ext = cpp_extension.CppExtension(
-            "nas3d_fast._C", sources, define_macros=macros, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"]
+            "nas3d_fast._C",
+            sources,
+            define_macros=macros,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
         )
     print(f"nas3d_fast: building _C with {'CPU and CUDA' if with_cuda else 'CPU'} kernels ({len(sources)} sources)")
     return [ext]

@@ -26,10 +26,11 @@ class Case:
 
 @dataclass(frozen=True)
 class Ratio:
-    """``speedup``: baseline median time / nas3d median time. ``memory``: nas3d peak / baseline peak."""
+    """``speedup``: baseline median time / ``case`` median time. ``memory``: ``case`` peak / baseline peak.
+    ``case`` is the nas3d side, except for diagnostic ratios (e.g. a speedup ceiling)."""
 
     key: str
-    nas3d: str
+    case: str
     baseline: str
     kind: str = "speedup"
 
@@ -69,8 +70,13 @@ def calibrate(fn: Callable[[], object], device: str, target_s: float = 0.01) -> 
         number = max(number * 2, int(number * target_s / max(elapsed, 1e-9)))
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], device: str, repeats: int, warmup: int = 3,
-                     progress: Callable[[int], None] | None = None) -> dict[str, float]:
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    device: str,
+    repeats: int,
+    warmup: int = 3,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, float]:
     """Median seconds per call of each function, measured in turns (a, b, a, b, ...) so that load on a
     shared machine hits every side alike."""
     numbers = {}

@@ -73,20 +73,22 @@ def _measure_peak_in_subprocess(suite: str, case: str, device: str) -> float | N
 
 
 def _pairs(suite: Suite, names: list[str]) -> list[list[str]]:
-    """Groups timed together: each ratio's nas3d case with its baseline (so a big case's aftermath,
-    e.g. warm worker threads or a flushed cache, never lands on a small case), then any case left."""
-    groups, seen = [], set()
+    """Groups timed together: the cases each ratio compares (cases shared by two ratios join one
+    group), so a big case's aftermath (warm worker threads, a flushed cache) never lands on a small
+    one; then any case left, alone."""
+    groups: list[list[str]] = []
     for ratio in suite.ratios:
-        group = [n for n in (ratio.nas3d, ratio.baseline) if n in names and n not in seen]
-        if group:
-            groups.append(group)
-            seen.update(group)
-    groups += [[n] for n in names if n not in seen]
-    return groups
+        members = [n for n in (ratio.case, ratio.baseline) if n in names]
+        hit = [g for g in groups if any(m in g for m in members)]
+        merged = [n for g in hit for n in g] + [m for m in members if not any(m in g for g in hit)]
+        groups = [g for g in groups if g not in hit] + ([merged] if merged else [])
+    grouped = {n for g in groups for n in g}
+    return groups + [[n] for n in names if n not in grouped]
 
 
-def run_suite(suite: Suite, quick: bool = False, repeats: int | None = None, memory: bool = True,
-              progress: bool = True) -> dict:
+def run_suite(
+    suite: Suite, quick: bool = False, repeats: int | None = None, memory: bool = True, progress: bool = True
+) -> dict:
     """Measure every runnable case of ``suite`` on every device here; returns the JSON document."""
     repeats = repeats or (5 if quick else 21)
     selected = [c for c in suite.cases if not quick or not suite.quick_cases or c.name in suite.quick_cases]
@@ -116,7 +118,7 @@ def run_suite(suite: Suite, quick: bool = False, repeats: int | None = None, mem
     for device in _devices():
         suffix = "" if device == "cpu" else f"@{device}"
         for ratio in suite.ratios:
-            a = results.get(_case_key(ratio.nas3d, device))
+            a = results.get(_case_key(ratio.case, device))
             b = results.get(_case_key(ratio.baseline, device))
             if not a or not b:
                 continue
@@ -124,8 +126,14 @@ def run_suite(suite: Suite, quick: bool = False, repeats: int | None = None, mem
                 ratios[ratio.key + suffix] = b["median_s"] / a["median_s"]
             elif a["peak_mib"] and b["peak_mib"]:
                 ratios[ratio.key + suffix] = a["peak_mib"] / b["peak_mib"]
-    return {"suite": suite.name, "description": suite.description, "machine": machine_info(), "cases": results,
-            "ratios": ratios, "skipped": skipped}
+    return {
+        "suite": suite.name,
+        "description": suite.description,
+        "machine": machine_info(),
+        "cases": results,
+        "ratios": ratios,
+        "skipped": skipped,
+    }
 
 
 class _Bar:
@@ -152,8 +160,7 @@ def _progress(enabled: bool, total: int, what: str):
 
 
 def format_table(doc: dict) -> str:
-    lines = [f"suite {doc['suite']}: {doc.get('description', '')}",
-             f"{'case':<32} {'median':>12} {'peak MiB':>10}"]
+    lines = [f"suite {doc['suite']}: {doc.get('description', '')}", f"{'case':<32} {'median':>12} {'peak MiB':>10}"]
     for name, r in doc["cases"].items():
         peak = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.1f}"
         lines.append(f"{name:<32} {r['median_s'] * 1e6:>10.1f}us {peak:>10}")

@@ -1,7 +1,7 @@
 """The ``nas3d`` command.
 
-    nas3d info           versions (torch, CUDA, Triton, compilers) and the backend table
-    nas3d bench SUITE    a benchmark suite side by side with its baselines (see benchmarks/run.py)
+nas3d info           versions (torch, CUDA, Triton, compilers) and the backend table
+nas3d bench SUITE    a benchmark suite side by side with its baselines (see benchmarks/run.py)
 """
 
 from __future__ import annotations
@@ -31,8 +31,12 @@ def info_rows() -> list[tuple[str, str]]:
         ("python", platform.python_version()),
         ("torch", torch.__version__),
         ("torch CUDA", torch.version.cuda or "none (CPU build)"),
-        ("CUDA devices", ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-         if torch.cuda.is_available() else "none"),
+        (
+            "CUDA devices",
+            ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+            if torch.cuda.is_available()
+            else "none",
+        ),
         ("triton", _version("triton")),
         ("CPU capability", torch.backends.cpu.get_cpu_capability()),
         ("torch threads", str(torch.get_num_threads())),
@@ -59,8 +63,10 @@ def cmd_bench(args) -> int:
     try:
         from benchmarks import run as bench_run
     except ImportError:
-        print("nas3d bench needs the benchmarks/ folder of a source checkout (run it from the repository root)",
-              file=sys.stderr)
+        print(
+            "nas3d bench needs the benchmarks/ folder of a source checkout (run it from the repository root)",
+            file=sys.stderr,
+        )
         return 2
     argv = [args.suite] + (["--quick"] if args.quick else []) + (["--json", args.json] if args.json else [])
     return bench_run.main(argv)

@@ -44,14 +44,18 @@ def _status(name: str) -> BackendStatus:
         return BackendStatus(name, True)
     if name == "cpu":
         if not _extension.available():
-            return BackendStatus(name, False, f"nas3d_fast._C could not be loaded ({_extension.load_error}); {_extension.BUILD_HINT}")
+            return BackendStatus(
+                name, False, f"nas3d_fast._C could not be loaded ({_extension.load_error}); {_extension.BUILD_HINT}"
+            )
         return BackendStatus(name, True)
     if name == "cuda":
         reasons = []
         if not _extension.available():
             reasons.append(f"nas3d_fast._C could not be loaded; {_extension.BUILD_HINT}")
         elif not _extension.cuda_compiled():
-            reasons.append("nas3d_fast._C was built without CUDA kernels (no nvcc or CPU torch at build time, or FORCE_CPU=1)")
+            reasons.append(
+                "nas3d_fast._C was built without CUDA kernels (no nvcc or CPU torch at build time, or FORCE_CPU=1)"
+            )
         if torch.version.cuda is None:
             reasons.append(f"torch {torch.__version__} is a CPU build")
         elif not torch.cuda.is_available():
@@ -65,10 +69,14 @@ def _status(name: str) -> BackendStatus:
         cap = _cuda_capability()
         if cap is None:
             return BackendStatus(
-                name, False, "no CUDA GPU (set TRITON_INTERPRET=1 to run the Triton kernels on CPU tensors, for testing)"
+                name,
+                False,
+                "no CUDA GPU (set TRITON_INTERPRET=1 to run the Triton kernels on CPU tensors, for testing)",
             )
         if cap < (8, 0):
-            return BackendStatus(name, False, f"GPU compute capability {cap[0]}.{cap[1]} < 8.0; the cuda backend serves it")
+            return BackendStatus(
+                name, False, f"GPU compute capability {cap[0]}.{cap[1]} < 8.0; the cuda backend serves it"
+            )
         return BackendStatus(name, True)
     raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
 

@@ -72,8 +72,11 @@ def backend_params() -> list:
     params = []
     for device in ["cpu", "cuda"]:
         for name in nas3d_backends.BACKENDS:
-            reasons = nas3d_backends.device_reasons(name, torch.device(device)) if (
-                device == "cpu" or torch.cuda.is_available()) else ["no CUDA device"]
+            reasons = (
+                nas3d_backends.device_reasons(name, torch.device(device))
+                if (device == "cpu" or torch.cuda.is_available())
+                else ["no CUDA device"]
+            )
             marks = [pytest.mark.skip(reason=f"{name} on {device}: {'; '.join(reasons)}")] if reasons else []
             params.append(pytest.param(name, device, id=f"{name}-{device}", marks=marks))
     return params
@@ -111,8 +114,13 @@ def assert_outputs_close(spec: OpSpec, got: tuple, want: tuple, dtype: torch.dty
     for i in spec.exact_outputs:
         torch.testing.assert_close(got[i].cpu(), want[i].cpu(), rtol=0, atol=0, msg=lambda m: f"{what} output {i}: {m}")
     for i in spec.float_outputs:
-        torch.testing.assert_close(got[i].detach().cpu().to(want[i].dtype), want[i].detach().cpu(), rtol=rtol,
-                                   atol=atol, msg=lambda m: f"{what} output {i}: {m}")
+        torch.testing.assert_close(
+            got[i].detach().cpu().to(want[i].dtype),
+            want[i].detach().cpu(),
+            rtol=rtol,
+            atol=atol,
+            msg=lambda m: f"{what} output {i}: {m}",
+        )
 
 
 class OpTests:
@@ -201,8 +209,10 @@ class OpTests:
         """Shapes and dtypes trace on the meta device (as memory prediction will do)."""
         spec = self.spec
         real = spec.make_inputs(dtype=torch.float32, device="cpu", contiguous=True, seed=0)
-        meta = {k: (v.detach().to("meta").requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v)
-                for k, v in real.items()}
+        meta = {
+            k: (v.detach().to("meta").requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v)
+            for k, v in real.items()
+        }
         with forced_backend(None):  # automatic choice: the compiled op's fake kernel, else the reference
             got = spec.call(meta)
         got = got if isinstance(got, tuple) else (got,)

@@ -18,8 +18,13 @@ def test_info_prints_versions_and_backend_table(capsys):
 
 def test_bench_quick_writes_json(tmp_path):
     path = tmp_path / "gumbel.json"
-    done = subprocess.run([sys.executable, "-m", "nas3d_fast.cli", "bench", "gumbel", "--quick", "--json", str(path)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "nas3d_fast.cli", "bench", "gumbel", "--quick", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     doc = json.loads(path.read_text())
     assert doc["suite"] == "gumbel"

@@ -18,8 +18,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=ROOT,
-                          env=full_env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=full_env,
+        timeout=300,
+    )
 
 
 def test_backends_table_lists_every_backend_with_reasons():
@@ -63,19 +69,23 @@ def test_no_backend_error_lists_every_reason(monkeypatch):
 
 
 def test_env_variable_forces_backend():
-    done = run_python("""
+    done = run_python(
+        """
         import torch, nas3d_fast
         assert nas3d_fast.get_backend() == "reference", nas3d_fast.get_backend()
         w, i = nas3d_fast.ops.gumbel_topk(torch.randn(5, 4), 0.5)
         print("ok")
-    """, env={"NAS3D_BACKEND": "reference"})
+    """,
+        env={"NAS3D_BACKEND": "reference"},
+    )
     assert done.returncode == 0, done.stderr
     bad = run_python("import nas3d_fast", env={"NAS3D_BACKEND": "gpu"})
     assert bad.returncode != 0 and "NAS3D_BACKEND must be one of" in bad.stderr
 
 
 def test_import_without_extension_warns_once_and_falls_back():
-    done = run_python("""
+    done = run_python(
+        """
         import sys, warnings
         class Block:
             def find_spec(self, name, path=None, target=None):
@@ -96,6 +106,8 @@ def test_import_without_extension_warns_once_and_falls_back():
         w.sum().backward()
         assert i.shape == (6, 2)
         print("ok")
-    """, env={"TRITON_INTERPRET": "0"})
+    """,
+        env={"TRITON_INTERPRET": "0"},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"

@@ -41,8 +41,10 @@ def opchecks(k, hard):
         logits, noise = inputs["logits"], inputs["noise"]
         weights, _ = forward(logits.detach(), noise, TAU, k, hard)
         grad = torch.randn_like(weights)
-        return [(forward.default, (logits, noise, TAU, k, hard)),
-                (backward.default, (grad, logits.detach(), noise, weights, TAU, hard))]
+        return [
+            (forward.default, (logits, noise, TAU, k, hard)),
+            (backward.default, (grad, logits.detach(), noise, weights, TAU, hard)),
+        ]
 
     def compiled(device):
         return samples(device, torch.ops.nas3d.gumbel_topk, torch.ops.nas3d.gumbel_topk_backward)
@@ -79,18 +81,33 @@ def bad_inputs(device):
 
 
 class TestGumbelTop2(OpTests):
-    spec = OpSpec(name="gumbel_topk(k=2)", call=call, make_inputs=make_inputs, grad_inputs=("logits",),
-                  float_outputs=(0,), exact_outputs=(1,), opchecks=opchecks(2, False), bad_inputs=bad_inputs)
+    spec = OpSpec(
+        name="gumbel_topk(k=2)",
+        call=call,
+        make_inputs=make_inputs,
+        grad_inputs=("logits",),
+        float_outputs=(0,),
+        exact_outputs=(1,),
+        opchecks=opchecks(2, False),
+        bad_inputs=bad_inputs,
+    )
 
 
 class TestGumbelTop1Hard(OpTests):
     """Straight-through: the forward is one-hot, so gradcheck (finite differences) does not apply; the
     gradient is checked against the reference's straight-through autograd instead."""
 
-    spec = OpSpec(name="gumbel_topk(k=1, hard)", call=call,
-                  make_inputs=lambda **kw: make_inputs(**kw, k=1, hard=True), grad_inputs=("logits",),
-                  float_outputs=(0,), exact_outputs=(1,), gradcheck_backends=(), opchecks=opchecks(1, True),
-                  bad_inputs=bad_inputs)
+    spec = OpSpec(
+        name="gumbel_topk(k=1, hard)",
+        call=call,
+        make_inputs=lambda **kw: make_inputs(**kw, k=1, hard=True),
+        grad_inputs=("logits",),
+        float_outputs=(0,),
+        exact_outputs=(1,),
+        gradcheck_backends=(),
+        opchecks=opchecks(1, True),
+        bad_inputs=bad_inputs,
+    )
 
 
 def _plackett_luce_pair_probs(p: torch.Tensor) -> torch.Tensor:
@@ -204,8 +221,11 @@ def test_sample_op_opcheck():
     which a random op cannot pass, so it is left out)."""
     _needs_compiled_cpu()
     logits = torch.randn(9, 5, requires_grad=True)
-    torch.library.opcheck(torch.ops.nas3d.gumbel_topk_sample.default, (logits, TAU, 2, False, None),
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.nas3d.gumbel_topk_sample.default,
+        (logits, TAU, 2, False, None),
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])

@@ -13,8 +13,14 @@ from ._registry import check_like, check_tensor, checking_values
 CUDA_ORDER = ("cuda", "triton")
 
 
-def gumbel_topk(logits: torch.Tensor, tau: float, k: int = 2, hard: bool = False, noise: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def gumbel_topk(
+    logits: torch.Tensor,
+    tau: float,
+    k: int = 2,
+    hard: bool = False,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample k candidate ops per supernet edge with the Gumbel-softmax trick, for all E edges at once.
 
     With g = -log(-log(u)), u ~ U(0, 1): y = softmax((logits + g) / tau) per row; the top-k entries of
@@ -97,26 +103,10 @@ def _triton(logits, noise, tau, k, hard):
 _IMPLS = {"reference": reference.gumbel_topk, "cpu": _compiled, "cuda": _compiled, "triton": _triton}
 
 
-def _setup_context(ctx, inputs, output):
-    logits, noise, tau, k, hard = inputs
-    weights, indices = output
-    ctx.mark_non_differentiable(indices)
-    ctx.save_for_backward(logits, noise, weights)
-    ctx.tau, ctx.hard = tau, hard
-
-
-def _backward(ctx, grad_weights, grad_indices):
-    logits, noise, weights = ctx.saved_tensors
-    grad_logits = None
-    if ctx.needs_input_grad[0]:
-        grad_logits = torch.ops.nas3d.gumbel_topk_backward_triton(grad_weights, logits, noise, weights, ctx.tau,
-                                                                  ctx.hard)
-    return grad_logits, None, None, None, None
-
-
 def _fake_forward(logits, noise, tau, k, hard):
     return torch.empty_like(logits, memory_format=torch.contiguous_format), logits.new_empty(
-        (logits.shape[0], k), dtype=torch.int64)
+        (logits.shape[0], k), dtype=torch.int64
+    )
 
 
 def _fake_sample(logits, tau, k, hard, generator=None):
@@ -132,8 +122,3 @@ if _extension.available():  # autograd of the compiled op is registered in C++ (
     torch.library.register_fake("nas3d::gumbel_topk")(_fake_forward)
     torch.library.register_fake("nas3d::gumbel_topk_sample")(_fake_sample)
     torch.library.register_fake("nas3d::gumbel_topk_backward")(_fake_backward)
-
-
-def register_triton_autograd() -> None:
-    """Called by kernels/triton/gumbel.py once its ops exist (the twin of gumbel_autograd.cpp)."""
-    torch.library.register_autograd("nas3d::gumbel_topk_triton", _backward, setup_context=_setup_context)

@@ -23,15 +23,15 @@ def _scalar(value, FP64: tl.constexpr):
 
 @triton.jit
 def _perturbed_logits(logits_ptr, noise_ptr, rows, cols, mask, K, ls0, ls1, us0, us1, inv_tau, FP64: tl.constexpr):
-    l = tl.load(logits_ptr + rows[:, None] * ls0 + cols[None, :] * ls1, mask=mask, other=0.0)
+    logit = tl.load(logits_ptr + rows[:, None] * ls0 + cols[None, :] * ls1, mask=mask, other=0.0)
     u = tl.load(noise_ptr + rows[:, None] * us0 + cols[None, :] * us1, mask=mask, other=0.5)
     if FP64:
-        l = l.to(tl.float64)
+        logit = logit.to(tl.float64)
         u = u.to(tl.float64)
     else:
-        l = l.to(tl.float32)
+        logit = logit.to(tl.float32)
         u = u.to(tl.float32)
-    z = (l - tl.log(-tl.log(u))) * _scalar(inv_tau, FP64)
+    z = (logit - tl.log(-tl.log(u))) * _scalar(inv_tau, FP64)
     # Padding columns never win; padding rows stay finite (no -inf - -inf) and are never stored.
     return tl.where((cols < K)[None, :], z, float("-inf"))
 
@@ -44,8 +44,23 @@ def _first_argmax(z, cols, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(logits_ptr, noise_ptr, weights_ptr, indices_ptr, E, K, ls0, ls1, us0, us1, inv_tau,
-                    k: tl.constexpr, FP64: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr):
+def _forward_kernel(
+    logits_ptr,
+    noise_ptr,
+    weights_ptr,
+    indices_ptr,
+    E,
+    K,
+    ls0,
+    ls1,
+    us0,
+    us1,
+    inv_tau,
+    k: tl.constexpr,
+    FP64: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     rows = (tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)).to(tl.int64)
     cols = tl.arange(0, BLOCK_K)
     row_ok = rows < E
@@ -68,9 +83,28 @@ def _forward_kernel(logits_ptr, noise_ptr, weights_ptr, indices_ptr, E, K, ls0, 
 
 
 @triton.jit
-def _backward_kernel(grad_ptr, gs0, gs1, logits_ptr, ls0, ls1, noise_ptr, us0, us1, weights_ptr, ws0, ws1, out_ptr,
-                     E, K, inv_tau, HARD: tl.constexpr, FP64: tl.constexpr, BLOCK_E: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
+def _backward_kernel(
+    grad_ptr,
+    gs0,
+    gs1,
+    logits_ptr,
+    ls0,
+    ls1,
+    noise_ptr,
+    us0,
+    us1,
+    weights_ptr,
+    ws0,
+    ws1,
+    out_ptr,
+    E,
+    K,
+    inv_tau,
+    HARD: tl.constexpr,
+    FP64: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     rows = (tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)).to(tl.int64)
     cols = tl.arange(0, BLOCK_K)
     mask = (rows < E)[:, None] & (cols[None, :] < K)
@@ -101,8 +135,9 @@ def _blocks(E: int, K: int) -> tuple[int, int]:
 
 
 @triton_op("nas3d::gumbel_topk_triton", mutates_args=())
-def gumbel_topk_triton(logits: torch.Tensor, noise: torch.Tensor, tau: float, k: int, hard: bool) -> tuple[
-    torch.Tensor, torch.Tensor]:
+def gumbel_topk_triton(
+    logits: torch.Tensor, noise: torch.Tensor, tau: float, k: int, hard: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton twin of torch.ops.nas3d.gumbel_topk (same arguments and results)."""
     E, K = logits.shape
     weights = torch.empty((E, K), dtype=logits.dtype, device=logits.device)
@@ -110,30 +145,74 @@ def gumbel_topk_triton(logits: torch.Tensor, noise: torch.Tensor, tau: float, k:
     if E > 0:
         block_e, block_k = _blocks(E, K)
         wrap_triton(_forward_kernel)[(triton.cdiv(E, block_e),)](
-            logits, noise, weights, indices, E, K, logits.stride(0), logits.stride(1), noise.stride(0),
-            noise.stride(1), _inv_tau(tau, logits), k=k, FP64=logits.dtype == torch.float64, BLOCK_E=block_e, BLOCK_K=block_k)
+            logits,
+            noise,
+            weights,
+            indices,
+            E,
+            K,
+            logits.stride(0),
+            logits.stride(1),
+            noise.stride(0),
+            noise.stride(1),
+            _inv_tau(tau, logits),
+            k=k,
+            FP64=logits.dtype == torch.float64,
+            BLOCK_E=block_e,
+            BLOCK_K=block_k,
+        )
     return weights, indices
 
 
 @triton_op("nas3d::gumbel_topk_backward_triton", mutates_args=())
-def gumbel_topk_backward_triton(grad_weights: torch.Tensor, logits: torch.Tensor, noise: torch.Tensor,
-                                weights: torch.Tensor, tau: float, hard: bool) -> torch.Tensor:
+def gumbel_topk_backward_triton(
+    grad_weights: torch.Tensor, logits: torch.Tensor, noise: torch.Tensor, weights: torch.Tensor, tau: float, hard: bool
+) -> torch.Tensor:
     """Triton twin of torch.ops.nas3d.gumbel_topk_backward."""
     E, K = logits.shape
     out = torch.empty((E, K), dtype=logits.dtype, device=logits.device)
     if E > 0:
         block_e, block_k = _blocks(E, K)
         wrap_triton(_backward_kernel)[(triton.cdiv(E, block_e),)](
-            grad_weights, grad_weights.stride(0), grad_weights.stride(1), logits, logits.stride(0), logits.stride(1),
-            noise, noise.stride(0), noise.stride(1), weights, weights.stride(0), weights.stride(1), out, E, K,
-            _inv_tau(tau, logits), HARD=hard, FP64=logits.dtype == torch.float64, BLOCK_E=block_e, BLOCK_K=block_k)
+            grad_weights,
+            grad_weights.stride(0),
+            grad_weights.stride(1),
+            logits,
+            logits.stride(0),
+            logits.stride(1),
+            noise,
+            noise.stride(0),
+            noise.stride(1),
+            weights,
+            weights.stride(0),
+            weights.stride(1),
+            out,
+            E,
+            K,
+            _inv_tau(tau, logits),
+            HARD=hard,
+            FP64=logits.dtype == torch.float64,
+            BLOCK_E=block_e,
+            BLOCK_K=block_k,
+        )
     return out
 
 
-def _register_autograd() -> None:
-    from ...ops.gumbel import register_triton_autograd
+def _setup_context(ctx, inputs, output):
+    logits, noise, tau, k, hard = inputs
+    weights, indices = output
+    ctx.mark_non_differentiable(indices)
+    ctx.save_for_backward(logits, noise, weights)
+    ctx.tau, ctx.hard = tau, hard
 
-    register_triton_autograd()
+
+def _backward(ctx, grad_weights, grad_indices):
+    """The twin of csrc/gumbel/gumbel_autograd.cpp."""
+    logits, noise, weights = ctx.saved_tensors
+    grad_logits = None
+    if ctx.needs_input_grad[0]:
+        grad_logits = gumbel_topk_backward_triton(grad_weights, logits, noise, weights, ctx.tau, ctx.hard)
+    return grad_logits, None, None, None, None
 
 
-_register_autograd()
+gumbel_topk_triton.register_autograd(_backward, setup_context=_setup_context)
