@@ -56,7 +56,21 @@ def _pip_cuda_includes() -> list[str]:
         found += sorted(glob.glob(os.path.join(root, "cu*", "include"))) + sorted(
             glob.glob(os.path.join(root, "*", "include"))
         )
-    return [d for d in found if os.path.isdir(d)]
+    return [d for d in dict.fromkeys(found) if os.path.isdir(d)]
+
+
+def _default_cuda_arch_list() -> None:
+    """Without TORCH_CUDA_ARCH_LIST, cpp_extension compiles for the GPUs it sees, and fails when it sees
+    none (a build machine or CI). Then default to the common data-centre GPUs the toolkit supports:
+    CUDA 13 dropped sm_70 (V100), CUDA 12 still has it; +PTX lets newer GPUs JIT the last one."""
+    import torch
+
+    if os.environ.get("TORCH_CUDA_ARCH_LIST") or torch.cuda.is_available():
+        return
+    major = int((torch.version.cuda or "12").split(".")[0])
+    arch_list = "7.5;8.0;9.0+PTX" if major >= 13 else "7.0;8.0;9.0+PTX"
+    os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
+    print(f"nas3d_fast: no GPU visible and TORCH_CUDA_ARCH_LIST unset: compiling for {arch_list}")
 
 
 def extensions():
@@ -65,6 +79,7 @@ def extensions():
     cxx = ["-O3", "-fopenmp", "-fvisibility=hidden"]
     macros = []
     if with_cuda:
+        _default_cuda_arch_list()
         sources += _sources("csrc/**/*.cu")
         macros.append(("NAS3D_WITH_CUDA", None))
         nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
