@@ -74,6 +74,7 @@ SUITE = Suite(
     ratios=(
         Ratio("speedup_vs_eager", f"nas3d_E200_K{K}", f"eager_E200_K{K}"),
         Ratio("speedup_vs_eager_E20000", f"nas3d_E20000_K{K}", f"eager_E20000_K{K}"),
+        Ratio("memory_vs_eager_E20000", f"nas3d_E20000_K{K}", f"eager_E20000_K{K}", kind="memory"),
         # Not a result: the largest speedup_vs_eager any op could show here (see _floor).
         Ratio("speedup_ceiling_E200", f"floor_E200_K{K}", f"eager_E200_K{K}"),
     ),

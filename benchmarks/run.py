@@ -65,7 +65,10 @@ def _case_key(case_name: str, device: str) -> str:
 def _measure_peak_in_subprocess(suite: str, case: str, device: str) -> float | None:
     cmd = [sys.executable, "-m", "benchmarks.run", suite, "--peak-of", case, "--device", device]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=1800)
+    # glibc serves allocations >= 64 KiB by mmap and returns them on free, so the resident set follows
+    # the live tensors (not malloc's free lists) and VmHWM is their peak; both sides run alike.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env=env, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"peak-memory run of {case} failed:\n{done.stderr[-2000:]}")
     value = json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
@@ -113,7 +116,12 @@ def run_suite(
             del fns
             for name, median in medians.items():
                 peak = _measure_peak_in_subprocess(suite.name, name, device) if memory else None
-                results[_case_key(name, device)] = {"median_s": median, "peak_mib": peak, "device": device}
+                results[_case_key(name, device)] = {
+                    "median_s": median,
+                    "peak_mib": peak,
+                    "device": device,
+                    "side": runnable[name].side,
+                }
     ratios = {}
     for device in _devices():
         suffix = "" if device == "cpu" else f"@{device}"
@@ -140,7 +148,7 @@ class _Bar:
     def __init__(self, total: int, what: str):
         from tqdm import tqdm
 
-        self._bar = tqdm(total=total, desc=what, unit="round", file=sys.stderr, leave=False)
+        self._bar = tqdm(total=total, desc=what, unit="round", file=sys.stderr, leave=False, disable=None)
 
     def update(self, done: int) -> None:
         self._bar.n = done
@@ -195,14 +203,15 @@ def write_plot(doc: dict, path: str) -> None:
 
     names = list(doc["cases"])
     times = [doc["cases"][n]["median_s"] * 1e3 for n in names]
-    colors = ["tab:green" if n.startswith("nas3d") else "tab:gray" for n in names]
+    sides = [doc["cases"][n].get("side", "") for n in names]
+    colors = ["tab:green" if side == "nas3d" else "tab:gray" if side != "floor" else "lightgray" for side in sides]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(names)), 4.0))
     ax.bar(range(len(names)), times, color=colors)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set_yscale("log")
     ax.set_ylabel("median time per call (ms)")
-    ratios = ", ".join(f"{k} {v:.2f}x" for k, v in doc["ratios"].items())
-    ax.set_title(f"{doc['suite']} ({doc['machine']['processor']})\n{ratios}", fontsize=9)
+    ratios = "\n".join(f"{k}: {v:.2f}x" for k, v in doc["ratios"].items())
+    ax.set_title(f"{doc['suite']} ({doc['machine']['processor']})\n{ratios}", fontsize=8)
     fig.tight_layout()
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
