@@ -1,9 +1,8 @@
 // CPU kernels of nas3d::gumbel_topk. The Gumbel transform g = -log(-log(u)) runs through ATen's
-// vectorised log (SLEEF, dispatched at run time to the CPU's widest vector unit); the rest of each row
+// vectorised log (dispatched at run time to the CPU's widest vector unit); the rest of each row
 // (perturb, top-k, renormalise, validate) is one fused pass, rows in parallel.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
-#include <ATen/core/DistributionsHelper.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/log.h>
@@ -13,6 +12,7 @@
 #include <limits>
 #include <vector>
 
+#include "../common/counter_rng.h"
 #include "gumbel.h"
 #include "gumbel_args.h"
 
@@ -23,11 +23,12 @@ namespace {
 // Rows per task: a row costs ~K compares and exps, so small E stays on one thread.
 int64_t grain_size(int64_t K) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(K, 1)); }
 
-// g = -log(-log(u)) in the accumulation dtype (float for half/bfloat16 noise), contiguous (E, K).
-at::Tensor gumbel_noise(const at::Tensor& noise) {
+// h = log(-log(u)) = -g in the accumulation dtype (float for half/bfloat16 noise), contiguous (E, K);
+// callers subtract it (z = (l - h) / tau), which saves a pass.
+at::Tensor neg_gumbel_noise(const at::Tensor& noise) {
   const auto acc_dtype = noise.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor g = at::log(noise.to(acc_dtype));
-  return g.neg_().log_().neg_();
+  at::Tensor h = at::log(noise.to(acc_dtype));
+  return h.neg_().log_();
 }
 
 std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& logits, const at::Tensor& noise,
@@ -38,13 +39,13 @@ std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& logits, con
   at::Tensor weights = at::empty({E, K}, logits.options());
   at::Tensor indices = at::empty({E, k}, logits.options().dtype(at::kLong));
   if (E == 0) return {weights, indices};
-  const at::Tensor g = gumbel_noise(noise);
+  const at::Tensor h = neg_gumbel_noise(noise);
   std::atomic<bool> bad_noise{false}, bad_logit{false}, masked_row{false};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gumbel_topk_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const scalar_t* l = logits.const_data_ptr<scalar_t>();
     const scalar_t* u = noise.const_data_ptr<scalar_t>();
-    const acc* gp = g.const_data_ptr<acc>();
+    const acc* hp = h.const_data_ptr<acc>();
     scalar_t* w = weights.mutable_data_ptr<scalar_t>();
     int64_t* idx = indices.mutable_data_ptr<int64_t>();
     const int64_t ls0 = logits.stride(0), ls1 = logits.stride(1);
@@ -57,7 +58,7 @@ std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& logits, con
       for (int64_t r = begin; r < end; ++r) {
         const scalar_t* lr = l + r * ls0;
         const scalar_t* ur = u + r * us0;
-        const acc* gr = gp + r * K;
+        const acc* hr = hp + r * K;
         bool finite_entry = false;
         for (int64_t j = 0; j < K; ++j) {
           const acc lv = static_cast<acc>(lr[j * ls1]);
@@ -65,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& logits, con
           noise_ok &= uv > 0 && uv < 1;
           logits_ok &= lv < std::numeric_limits<acc>::infinity();  // false for NaN too
           finite_entry |= lv > -std::numeric_limits<acc>::infinity();
-          z[j] = (lv + gr[j]) * inv_tau;
+          z[j] = (lv - hr[j]) * inv_tau;
         }
         rows_ok &= finite_entry;
         forward_row<acc>([&](int64_t j) { return z[j]; }, K, k, w + r * K, idx + r * k);
@@ -81,8 +82,14 @@ std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& logits, con
   return {weights, indices};
 }
 
-// Noise drawn serially under the generator's lock (as torch.rand does), so a seeded generator gives
-// the same samples whatever the thread count; the smallest value is the dtype's smallest normal > 0.
+template <typename scalar_t>
+constexpr int uniform_bits() {
+  return std::numeric_limits<scalar_t>::digits - 1;
+}
+
+// One 64-bit seed is taken from the generator (under its lock); the noise itself comes from the
+// counter-based generator of counter_rng.h, in parallel: a seeded generator gives the same noise
+// whatever the thread count.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_sample_cpu(const at::Tensor& logits, double tau,
                                                                       int64_t k, bool hard,
                                                                       std::optional<at::Generator> generator) {
@@ -90,12 +97,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_sample_cpu(const at::
   NAS3D_CHECK_FLOATING(logits, "logits");
   at::Tensor noise = at::empty(logits.sizes(), logits.options());
   auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gumbel_topk_sample_cpu", [&] {
-    const at::uniform_real_distribution<scalar_t> uniform(std::numeric_limits<scalar_t>::min(), scalar_t(1));
-    scalar_t* u = noise.mutable_data_ptr<scalar_t>();
-    const int64_t n = noise.numel();
+  uint64_t seed;
+  {
     std::lock_guard<std::mutex> lock(gen->mutex_);
-    for (int64_t i = 0; i < n; ++i) u[i] = static_cast<scalar_t>(uniform(gen));
+    seed = gen->random64();
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gumbel_topk_sample_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    scalar_t* u = noise.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, noise.numel(), 16384, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        u[i] = static_cast<scalar_t>(open_uniform<acc>(splitmix64_draw(seed, i), uniform_bits<scalar_t>()));
+      }
+    });
   });
   auto [weights, indices] = gumbel_topk_cpu(logits, noise, tau, k, hard);
   return {weights, indices, noise};
@@ -108,13 +122,13 @@ at::Tensor gumbel_topk_backward_cpu(const at::Tensor& grad, const at::Tensor& lo
   const int64_t K = logits.size(1);
   at::Tensor grad_logits = at::empty({E, K}, logits.options());
   if (E == 0) return grad_logits;
-  const at::Tensor g = hard ? gumbel_noise(noise) : at::Tensor();
+  const at::Tensor h = hard ? neg_gumbel_noise(noise) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gumbel_topk_backward_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const scalar_t* gradp = grad.const_data_ptr<scalar_t>();
     const scalar_t* l = logits.const_data_ptr<scalar_t>();
     const scalar_t* w = weights.const_data_ptr<scalar_t>();
-    const acc* gp = hard ? g.const_data_ptr<acc>() : nullptr;
+    const acc* hp = hard ? h.const_data_ptr<acc>() : nullptr;
     scalar_t* out = grad_logits.mutable_data_ptr<scalar_t>();
     const int64_t gs0 = grad.stride(0), gs1 = grad.stride(1);
     const int64_t ls0 = logits.stride(0), ls1 = logits.stride(1);
@@ -124,7 +138,7 @@ at::Tensor gumbel_topk_backward_cpu(const at::Tensor& grad, const at::Tensor& lo
       for (int64_t r = begin; r < end; ++r) {
         auto grad_at = [&](int64_t j) { return static_cast<acc>(gradp[r * gs0 + j * gs1]); };
         if (hard) {
-          auto z_at = [&](int64_t j) { return (static_cast<acc>(l[r * ls0 + j * ls1]) + gp[r * K + j]) * inv_tau; };
+          auto z_at = [&](int64_t j) { return (static_cast<acc>(l[r * ls0 + j * ls1]) - hp[r * K + j]) * inv_tau; };
           backward_row_hard<acc>(grad_at, z_at, K, inv_tau, out + r * K);
         } else {
           auto p_at = [&](int64_t j) { return static_cast<acc>(w[r * ws0 + j * ws1]); };

@@ -69,7 +69,7 @@ def gumbel_topk(
     if noise is not None:
         return _IMPLS[backend](logits, noise, float(tau), int(k), bool(hard))
     if backend in ("cpu", "cuda"):  # the kernel draws the noise itself: one op, no extra pass
-        weights, indices, _ = torch.ops.nas3d.gumbel_topk_sample(logits, float(tau), int(k), bool(hard), generator)
+        weights, indices, _ = _SAMPLE(logits, float(tau), int(k), bool(hard), generator)
         return weights, indices
     return _IMPLS[backend](logits, uniform_noise(logits, generator), float(tau), int(k), bool(hard))
 
@@ -91,7 +91,7 @@ def uniform_noise(logits: torch.Tensor, generator: torch.Generator | None = None
 
 
 def _compiled(logits, noise, tau, k, hard):
-    return torch.ops.nas3d.gumbel_topk(logits, noise, tau, k, hard)
+    return _FORWARD(logits, noise, tau, k, hard)
 
 
 def _triton(logits, noise, tau, k, hard):
@@ -119,6 +119,9 @@ def _fake_backward(grad_weights, logits, noise, weights, tau, hard):
 
 
 if _extension.available():  # autograd of the compiled op is registered in C++ (csrc/gumbel/gumbel_autograd.cpp)
+    # The overloads themselves: calling them skips the packet's overload resolution on every step.
+    _FORWARD = torch.ops.nas3d.gumbel_topk.default
+    _SAMPLE = torch.ops.nas3d.gumbel_topk_sample.default
     torch.library.register_fake("nas3d::gumbel_topk")(_fake_forward)
     torch.library.register_fake("nas3d::gumbel_topk_sample")(_fake_sample)
     torch.library.register_fake("nas3d::gumbel_topk_backward")(_fake_backward)
