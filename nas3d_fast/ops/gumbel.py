@@ -39,7 +39,10 @@ def gumbel_topk(
             (which, for k = 1, is zero: the weight of the one chosen op is always 1).
         noise: optional (E, K) uniform samples in (0, 1), same dtype and device as logits. With it every
             backend returns the same answer; without it noise is drawn from ``generator``.
-        generator: the torch.Generator for the noise (the device's default generator if None).
+        generator: the torch.Generator for the noise (the device's default generator if None). The
+            cpu kernel takes one 64-bit seed from it and draws the noise from a counter-based
+            SplitMix64 stream (the same for a seeded generator whatever the thread count); the cuda
+            kernel uses torch.rand's Philox stream; the reference and triton backends torch.rand.
 
     Returns:
         weights: (E, K) of logits' dtype, zero except at the chosen entries, each row summing to 1;
