@@ -22,12 +22,12 @@ def make_inputs(dtype, device, contiguous=True, seed=0, E=33, K=7, k=2, hard=Fal
     order = torch.argsort(torch.rand(E, K, generator=gen), dim=1).double()
     z = order * 0.6 + 0.1 * torch.rand(E, K, generator=gen, dtype=torch.float64)
     logits = z * tau + torch.log(-torch.log(u))
-    if not contiguous:  # column-major logits, every other column of a wider noise buffer
-        logits = logits.t().contiguous().t()
+    if not contiguous:  # every other column of a wider logits buffer; column-major noise
         wide = torch.zeros(E, 2 * K, dtype=torch.float64)
-        wide[:, ::2] = u
-        u = wide[:, ::2]
-    logits = logits.to(device=device, dtype=dtype).requires_grad_(True)
+        wide[:, ::2] = logits
+        logits = wide.to(device=device, dtype=dtype)[:, ::2]  # slice after .to(), which would copy densely
+        u = u.t().contiguous().t()  # .to() keeps the strides of a dense tensor
+    logits = logits.to(device=device, dtype=dtype).detach().requires_grad_(True)
     return {"logits": logits, "noise": u.to(device=device, dtype=dtype), "tau": tau, "k": k, "hard": hard}
 
 

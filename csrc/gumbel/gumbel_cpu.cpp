@@ -27,7 +27,9 @@ int64_t grain_size(int64_t K) { return std::max<int64_t>(1, 8192 / std::max<int6
 // callers subtract it (z = (l - h) / tau), which saves a pass.
 at::Tensor neg_gumbel_noise(const at::Tensor& noise) {
   const auto acc_dtype = noise.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor h = at::log(noise.to(acc_dtype));
+  // log_out into a contiguous buffer: at::log would keep the layout of a column-major noise.
+  at::Tensor h = at::empty(noise.sizes(), noise.options().dtype(acc_dtype));
+  at::log_out(h, noise.to(acc_dtype));
   return h.neg_().log_();
 }
 
