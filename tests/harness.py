@@ -155,24 +155,25 @@ class OpTests:
         exact = run(spec, base, "reference")
         low = cast_inputs(base, dtype, spec.grad_inputs)
         got = run(spec, low, backend)
-        ref_low = run(spec, cast_inputs(base, dtype, spec.grad_inputs), "reference")
+        ref_low_inputs = cast_inputs(base, dtype, spec.grad_inputs)
+        ref_low = run(spec, ref_low_inputs, "reference")
         for i in spec.exact_outputs:
             torch.testing.assert_close(got[i], exact[i], rtol=0, atol=0)
         floor = torch.finfo(dtype).eps
+
+        def check(what, value, ref_value, want):
+            err = (value.double() - want).abs().max().item()
+            ref_err = (ref_value.double() - want).abs().max().item()
+            assert err <= 2 * ref_err + floor, f"{what}: error {err:.3g} > 2 x reference error {ref_err:.3g}"
+
         for i in spec.float_outputs:
-            err = (got[i].double() - exact[i]).abs().max().item()
-            ref_err = (ref_low[i].double() - exact[i]).abs().max().item()
-            assert err <= 2 * ref_err + floor, f"output {i}: error {err:.3g} > 2 x reference error {ref_err:.3g}"
+            check(f"output {i}", got[i], ref_low[i], exact[i])
         g_exact = grads(spec, base, exact)
         g_got = grads(spec, low, got)
-        ref_low_inputs = cast_inputs(base, dtype, spec.grad_inputs)
-        g_ref = grads(spec, ref_low_inputs, run(spec, ref_low_inputs, "reference"))
+        g_ref = grads(spec, ref_low_inputs, ref_low)
         for name, e, g, r in zip(spec.grad_inputs, g_exact, g_got, g_ref):
-            if e is None:
-                continue
-            err = (g.double() - e).abs().max().item()
-            ref_err = (r.double() - e).abs().max().item()
-            assert err <= 2 * ref_err + floor, f"grad of {name}: error {err:.3g} > 2 x reference error {ref_err:.3g}"
+            if e is not None:
+                check(f"grad of {name}", g, r, e)
 
     @pytest.mark.parametrize("backend", ["reference", "cpu"])
     def test_gradcheck(self, backend):
