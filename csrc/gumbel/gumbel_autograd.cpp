@@ -99,9 +99,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_sample_autograd(const
   return {out[0], out[1], out[2]};
 }
 
+// The backward op is not differentiable itself (no double backward). An unboxed kernel that goes straight
+// below autograd spares every training step the boxed autograd fallback.
+at::Tensor gumbel_topk_backward_autograd(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& noise,
+                                         const at::Tensor& weights, double tau, bool hard) {
+  TORCH_CHECK(!(at::GradMode::is_enabled() && grad.requires_grad()),
+              "nas3d::gumbel_topk_backward is not differentiable (double backward of gumbel_topk is not supported)");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return call_backward(grad, logits, noise, weights, tau, hard);
+}
+
 TORCH_LIBRARY_IMPL(nas3d, Autograd, m) {
   m.impl("gumbel_topk", &gumbel_topk_autograd);
   m.impl("gumbel_topk_sample", &gumbel_topk_sample_autograd);
+  m.impl("gumbel_topk_backward", &gumbel_topk_backward_autograd);
 }
 
 }  // namespace gumbel

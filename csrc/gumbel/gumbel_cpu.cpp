@@ -33,8 +33,9 @@ at::Tensor neg_gumbel_noise(const at::Tensor& noise) {
   return h.neg_().log_();
 }
 
-std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& logits, const at::Tensor& noise,
-                                                   double tau, int64_t k, bool hard) {
+// check_noise=false when the noise was drawn by gumbel_topk_sample_cpu, which only draws values in (0, 1).
+std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& logits, const at::Tensor& noise, double tau,
+                                               int64_t k, bool hard, bool check_noise) {
   check_forward_args(logits, noise, tau, k, hard);
   const int64_t E = logits.size(0);
   const int64_t K = logits.size(1);
@@ -65,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& logits, con
         for (int64_t j = 0; j < K; ++j) {
           const acc lv = static_cast<acc>(lr[j * ls1]);
           const acc uv = static_cast<acc>(ur[j * us1]);
-          noise_ok &= uv > 0 && uv < 1;
+          noise_ok &= !check_noise || (uv > 0 && uv < 1);
           logits_ok &= lv < std::numeric_limits<acc>::infinity();  // false for NaN too
           finite_entry |= lv > -std::numeric_limits<acc>::infinity();
           z[j] = (lv - hr[j]) * inv_tau;
@@ -82,6 +83,11 @@ std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& logits, con
   TORCH_CHECK_VALUE(!bad_logit, "logits must not contain NaN or +inf");
   TORCH_CHECK_VALUE(!masked_row, "logits must have at least one finite entry in every row");
   return {weights, indices};
+}
+
+std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& logits, const at::Tensor& noise,
+                                                   double tau, int64_t k, bool hard) {
+  return forward_cpu(logits, noise, tau, k, hard, /*check_noise=*/true);
 }
 
 template <typename scalar_t>
@@ -113,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_sample_cpu(const at::
       }
     });
   });
-  auto [weights, indices] = gumbel_topk_cpu(logits, noise, tau, k, hard);
+  auto [weights, indices] = forward_cpu(logits, noise, tau, k, hard, /*check_noise=*/false);
   return {weights, indices, noise};
 }
 
