@@ -6,7 +6,7 @@ import torch
 
 from .. import _extension, dispatch
 from ..reference import gumbel as reference
-from ._registry import check_like, check_tensor, checking_values
+from ._checks import check_like, check_tensor, checking_values
 
 # For CUDA tensors the CUDA kernel goes first: the op is a single tiny launch, and a C++ launch costs
 # less host time than a Triton launch from Python.

@@ -1,5 +1,5 @@
-"""Helpers shared by the public op functions: one registration of fake kernels and autograd per op,
-and the validation every op does before it dispatches."""
+"""Argument checks shared by the public op functions: shapes, dtypes and devices always; values (NaN,
+ranges) only on real tensors in eager mode (see checking_values)."""
 
 from __future__ import annotations
 
