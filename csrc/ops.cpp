@@ -15,4 +15,24 @@ TORCH_LIBRARY(nas3d, m) {
   m.def(
       "gumbel_topk_backward(Tensor grad_weights, Tensor logits, Tensor noise, Tensor weights, float tau, "
       "bool hard) -> Tensor");
+
+  // Mixed supernet edge (csrc/mixed/). weighted_sum: out = sum_k weights[k] * xs[k] over same-shaped
+  // tensors; its backward is the fused weight gradient grad_w[k] = <grad, xs[k]> (grad_xs[k] =
+  // weights[k] * grad needs no kernel). kernel_merge: the same sum over convolution kernels
+  // (O, I, k0, k1, k2) zero-padded, centred, to `size`.
+  m.def("weighted_sum(Tensor[] xs, Tensor weights) -> Tensor");
+  m.def("weighted_sum_backward(Tensor grad, Tensor[] xs) -> Tensor");
+  m.def("kernel_merge(Tensor[] kernels, Tensor weights, int[] size) -> Tensor");
+  m.def("kernel_merge_backward(Tensor grad, Tensor[] kernels, Tensor weights) -> (Tensor[], Tensor)");
+  // 3x3x3 pooling, padding 1, stride 1 or 2, as three 1D passes. max_pool3 also returns the uint8 code
+  // tx * 9 + ty * 3 + tz of the tap each output chose, which is all its backward reads.
+  m.def("max_pool3(Tensor x, int stride) -> (Tensor, Tensor)");
+  m.def("max_pool3_backward(Tensor grad, Tensor code, int[] input_size, int stride) -> Tensor");
+  m.def("avg_pool3(Tensor x, int stride) -> Tensor");
+  m.def("avg_pool3_backward(Tensor grad, int[] input_size, int stride) -> Tensor");
+  // Depthwise 3x3x3 convolution, weight (C, 1, 3, 3, 3), dilation r, padding r, stride 1 or 2.
+  m.def("depthwise_conv3(Tensor x, Tensor weight, int stride, int dilation) -> Tensor");
+  m.def(
+      "depthwise_conv3_backward(Tensor grad, Tensor x, Tensor weight, int stride, int dilation, bool[2] mask) "
+      "-> (Tensor?, Tensor?)");
 }

@@ -2,10 +2,11 @@
 
 from . import (
     _extension,  # noqa: F401  (loads nas3d_fast._C, or warns once how to build it)
+    nn,
     ops,
 )
 from .dispatch import BackendStatus, backends, get_backend, set_backend
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendStatus", "backends", "get_backend", "ops", "set_backend", "__version__"]
+__all__ = ["BackendStatus", "__version__", "backends", "get_backend", "nn", "ops", "set_backend"]

@@ -2,5 +2,6 @@
 or triton backend (see nas3d_fast.dispatch)."""
 
 from .gumbel import gumbel_topk
+from .mixed import avg_pool3, depthwise_conv3, kernel_merge, max_pool3, weighted_sum
 
-__all__ = ["gumbel_topk"]
+__all__ = ["avg_pool3", "depthwise_conv3", "gumbel_topk", "kernel_merge", "max_pool3", "weighted_sum"]

@@ -1,0 +1,67 @@
+"""A memory-lean InstanceNorm3d: the same function as ``torch.nn.InstanceNorm3d(C, affine=True)``
+(biased variance, eps 1e-5, no running statistics), with a backward that keeps only its input and
+per-channel statistics and allocates nothing but the input gradient. torch's CPU instance norm goes
+through batch norm on a reshaped view and holds an extra input-sized buffer in forward and backward,
+which on a supernet edge is one activation too many."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    var, mean = torch.var_mean(x, dim=(2, 3, 4), unbiased=False, keepdim=True)
+    return mean, torch.rsqrt(var + eps)
+
+
+class _InstanceNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        mean, rstd = _stats(x, eps)
+        scale = rstd * weight.view(1, -1, 1, 1, 1)
+        out = torch.sub(x, mean).mul_(scale).add_(bias.view(1, -1, 1, 1, 1))
+        ctx.save_for_backward(x, weight, mean, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, mean, rstd = ctx.saved_tensors
+        n, c = x.shape[:2]
+        count = x[0, 0].numel()
+        g2, x2 = grad.reshape(n * c, 1, count), x.reshape(n * c, count, 1)
+        sum_g = grad.sum(dim=(2, 3, 4), keepdim=True)
+        sum_gx = torch.bmm(g2, x2).view(n, c, 1, 1, 1)  # a batched dot: no product buffer
+        sum_g_xhat = (sum_gx - mean * sum_g) * rstd  # sum of grad * normalised x, per (n, c)
+        grad_weight = sum_g_xhat.sum(0).view(-1) if ctx.needs_input_grad[1] else None
+        grad_bias = sum_g.sum(0).view(-1) if ctx.needs_input_grad[2] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            # d/dx = gamma rstd (g - mean(g) - xhat mean(g xhat)) = a g + b x + c0 per (n, c)
+            a = weight.view(1, -1, 1, 1, 1) * rstd
+            b = -a * rstd * sum_g_xhat / count
+            c0 = -a * sum_g / count - b * mean
+            grad_x = torch.mul(grad, a).addcmul_(x, b).add_(c0)
+        return grad_x, grad_weight, grad_bias, None
+
+
+class InstanceNorm3d(nn.Module):
+    """InstanceNorm over (X, Y, Z) per sample and channel with a learned scale and shift.
+
+    Input (N, C, X, Y, Z) floating; output the same shape. Parameters ``weight`` and ``bias`` (C,),
+    named as in torch.nn.InstanceNorm3d so that state dicts carry over.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.num_features, self.eps = num_features, eps
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or x.shape[1] != self.num_features:
+            raise ValueError(f"x must have shape (N, {self.num_features}, X, Y, Z), got {tuple(x.shape)}")
+        return _InstanceNorm.apply(x, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"

@@ -1,0 +1,187 @@
+"""MixedEdge3d: the fused edge equals the eager DARTS computation (forward and backward, both norm
+placements, strides, channel changes), gradchecks, the sampled path computes only what was chosen, the
+memory-efficient path saves no candidate output, and bad inputs raise clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nas3d_fast.nn import CANDIDATES, MixedEdge3d, make_candidate
+from nas3d_fast.reference.mixed_edge import mixed_edge as eager
+
+SAME_CHANNELS_ONLY = ("identity", "max_pool3", "avg_pool3")
+
+
+def _edge(cin, cout, norm, stride, act="leaky_relu", names=None, dtype=torch.float64):
+    torch.manual_seed(0)
+    names = names or [n for n in CANDIDATES if cin == cout or n not in SAME_CHANNELS_ONLY]
+    edge = MixedEdge3d(cin, cout, names, stride=stride, norm=norm, act=act).to(dtype)
+    for p in edge.parameters():  # non-trivial norm affine parameters
+        if p.dim() == 1:
+            p.data.uniform_(0.5, 1.5)
+    return edge
+
+
+def _inputs(edge, dtype=torch.float64, shape=(2, 7, 6, 9)):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(shape[0], edge.in_channels, *shape[1:], generator=g, dtype=torch.float64).to(dtype)
+    w = torch.softmax(torch.randn(len(edge.ops), generator=g, dtype=torch.float64), 0).to(dtype)
+    return x.requires_grad_(), w.requires_grad_()
+
+
+def _grads(out, leaves):
+    cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(out)
+    return torch.autograd.grad(out, leaves, cot, allow_unused=True)
+
+
+def _assert_grads_close(got, want, **tol):
+    for g, w in zip(got, want):
+        if w is None:
+            assert g is None or torch.count_nonzero(g) == 0
+        else:
+            torch.testing.assert_close(g, w, **tol)
+
+
+@pytest.mark.parametrize("norm", ["shared", "per_op"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels", [(4, 4), (3, 5)])
+@pytest.mark.parametrize("act", ["relu", "leaky_relu"])
+def test_equals_eager_darts_edge(norm, stride, channels, act):
+    """Random weights: the merged/recomputed edge equals every candidate run separately and summed
+    (shared) and the eager per-candidate computation (per_op), forward and backward, in float64."""
+    edge = _edge(*channels, norm, stride, act)
+    x, w = _inputs(edge)
+    leaves = [x, w, *edge.parameters()]
+    got, want = edge(x, w), eager(edge, x, w)
+    torch.testing.assert_close(got, want)
+    _assert_grads_close(_grads(got, leaves), _grads(want, leaves))
+
+
+@pytest.mark.parametrize("norm", ["shared", "per_op"])
+def test_equals_eager_in_float32(norm):
+    edge = _edge(4, 4, norm, 1, dtype=torch.float32)
+    x, w = _inputs(edge, torch.float32)
+    leaves = [x, w, *edge.parameters()]
+    got, want = edge(x, w), eager(edge, x, w)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    _assert_grads_close(_grads(got, leaves), _grads(want, leaves), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("norm", ["shared", "per_op"])
+def test_gradcheck(norm):
+    """Finite differences for x, the weights and every candidate and norm parameter (small, float64)."""
+    names = ["conv3x3x3", "p3d_3x1x3_1x3x1", "sep_dil3x3x3_r2", "max_pool3", "avg_pool3", "identity", "zero"]
+    edge = _edge(2, 2, norm, 1, names=names)
+    x, w = _inputs(edge, shape=(1, 4, 3, 5))
+    param_names = [n for n, _ in edge.named_parameters()]
+    values = [p.detach().clone().requires_grad_() for p in edge.parameters()]
+
+    def f(x, w, *values):
+        return torch.func.functional_call(edge, dict(zip(param_names, values)), (x, w))
+
+    assert torch.autograd.gradcheck(f, (x, w, *values), atol=1e-6)
+
+
+def _count_calls(edge):
+    """Per candidate: how many times its forward ran or its kernel was taken."""
+    calls = [0] * len(edge.ops)
+    for k, op in enumerate(edge.ops):
+        op.register_forward_pre_hook(lambda module, args, k=k: calls.__setitem__(k, calls[k] + 1))
+        kernel = op.kernel
+        op.kernel = lambda like, k=k, kernel=kernel: (calls.__setitem__(k, calls[k] + 1), kernel(like))[1]
+    return calls
+
+
+@pytest.mark.parametrize("norm", ["shared", "per_op"])
+@pytest.mark.parametrize("chosen", [(0, 5), (3, 7), (2, 12)])
+def test_sampled_path_runs_only_the_chosen(norm, chosen):
+    edge = _edge(4, 4, norm, 1)
+    x, _ = _inputs(edge)
+    weights = torch.zeros(len(edge.ops), dtype=torch.float64)
+    weights[list(chosen)] = torch.tensor([0.6, 0.4], dtype=torch.float64)
+    weights.requires_grad_()
+    indices = torch.tensor(chosen)
+    calls = _count_calls(edge)
+    out = edge(x, (weights, indices))
+    out.backward(torch.randn_like(out))
+    for k in range(len(edge.ops)):
+        if k not in chosen:
+            assert calls[k] == 0, f"candidate {edge.candidates[k]} ran but was not chosen"
+            assert all(p.grad is None for p in edge.ops[k].parameters())
+            assert weights.grad[k] == 0
+    torch.testing.assert_close(out, eager(edge, x.detach(), (weights.detach(), indices)))
+
+
+def test_sampled_path_matches_gumbel_topk_output():
+    from nas3d_fast.ops import gumbel_topk
+
+    edge = _edge(4, 4, "shared", 1)
+    x, _ = _inputs(edge)
+    logits = torch.randn(1, len(edge.ops), dtype=torch.float64, requires_grad=True)
+    w, idx = gumbel_topk(logits, 1.0, k=2, generator=torch.Generator().manual_seed(0))
+    out = edge(x, (w[0], idx[0]))
+    out.sum().backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("norm", ["shared", "per_op"])
+def test_no_candidate_output_is_saved_for_backward(norm):
+    """Memory efficiency, checked on what autograd keeps: the fused edge saves a few activation-sized
+    tensors whatever K (x, the norm's input), the eager edge one or more per candidate."""
+    edge = _edge(4, 4, norm, 1, dtype=torch.float32)
+    x, w = _inputs(edge, torch.float32)
+    activation = x.numel()
+
+    def saved_elements(fn):
+        total = [0]
+
+        def pack(t):
+            if t.numel() >= activation:
+                total[0] += 1
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+        return total[0]
+
+    fused = saved_elements(lambda: edge(x, w))
+    dense = saved_elements(lambda: eager(edge, x, w))
+    assert fused <= 3, f"the fused edge saved {fused} activation-sized tensors"
+    assert dense >= len(edge.ops)
+
+
+def test_traces_on_meta_device():
+    edge = _edge(4, 6, "shared", 2, dtype=torch.float32).to("meta")
+    x = torch.empty(1, 4, 9, 8, 7, device="meta", requires_grad=True)
+    w = torch.empty(len(edge.ops), device="meta")
+    out = edge(x, w)
+    assert out.shape == (1, 6, 5, 4, 4) and out.device.type == "meta"
+
+
+def test_bad_inputs():
+    edge = _edge(4, 4, "shared", 1, dtype=torch.float32)
+    x, w = _inputs(edge, torch.float32)
+    K = len(edge.ops)
+    with pytest.raises(ValueError, match=f"weights must be a floating tensor of shape \\({K},\\)"):
+        edge(x, w[:3])
+    with pytest.raises(ValueError, match="indices must lie in"):
+        edge(x, (w, torch.tensor([0, K])))
+    with pytest.raises(ValueError, match="indices must be a non-empty \\(k,\\) int64"):
+        edge(x, (w, torch.tensor([0.0, 1.0])))
+    with pytest.raises(ValueError, match="x must have 4 channels"):
+        edge(x[:, :3], w)
+    with pytest.raises(ValueError, match="x must be a floating"):
+        edge(x[0], w)
+    with pytest.raises(ValueError, match="weights must be on the device of x"):
+        edge(x, w.to("meta"))
+    with pytest.raises(ValueError, match="unknown candidate 'conv5x5x5'"):
+        MixedEdge3d(4, 4, ["conv3x3x3", "conv5x5x5"])
+    with pytest.raises(ValueError, match="keeps the channel count"):
+        MixedEdge3d(4, 8, ["conv3x3x3", "max_pool3"])
+    with pytest.raises(ValueError, match="stride must be 1 or 2"):
+        make_candidate("conv3x3x3", 4, 4, stride=3)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        MixedEdge3d(4, 4, ["conv3x3x3"], norm="batch")
+    with pytest.raises(ValueError, match="must not repeat"):
+        MixedEdge3d(4, 4, ["conv3x3x3", "conv3x3x3"])
