@@ -15,4 +15,10 @@ TORCH_LIBRARY(nas3d, m) {
   m.def(
       "gumbel_topk_backward(Tensor grad_weights, Tensor logits, Tensor noise, Tensor weights, float tau, "
       "bool hard) -> Tensor");
+  // Sliding-window inference (csrc/window/). volume (B, C, D, H, W), starts (N, 4) int64 rows (b, z, y, x).
+  // window_gather: the N windows of extent roi = (rd, rh, rw) -> (N, C, rd, rh, rw).
+  m.def("window_gather(Tensor volume, Tensor starts, int[] roi) -> Tensor");
+  // window_stitch: out[b, :, z:z+rd, y:y+rh, x:x+rw] += weight * pred[n] for n = 0..N-1 in order
+  // (deterministic); out (B, C, D, H, W) contiguous, pred (N, C, rd, rh, rw), weight (rd, rh, rw).
+  m.def("window_stitch(Tensor(a!) out, Tensor pred, Tensor weight, Tensor starts) -> ()");
 }

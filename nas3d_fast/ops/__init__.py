@@ -2,5 +2,6 @@
 or triton backend (see nas3d_fast.dispatch)."""
 
 from .gumbel import gumbel_topk
+from .window import window_gather, window_stitch
 
-__all__ = ["gumbel_topk"]
+__all__ = ["gumbel_topk", "window_gather", "window_stitch"]

@@ -1,0 +1,317 @@
+"""Sliding-window inference with MONAI's arguments and results, on the window_gather/window_stitch ops.
+
+Windows are gathered in batches from the (padded) volume in one kernel, predicted, and stitched into the
+output weighted by the importance map in one deterministic pass; the normaliser (the sum of the importance
+maps covering each voxel) is cached per (shape, roi, overlap, mode, sigma). With output="labels" or
+max_memory, windows are visited slab by slab along the last axis and each slab of the output is
+normalised (and argmaxed) as soon as no remaining window touches it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..ops import window_gather, window_stitch
+from .grid import PAD_MODES, BLEND_MODES, WindowGrid, cached_normaliser, cached_weight, make_grid
+
+OUTPUTS = ("raw", "probs", "labels")
+
+
+def sliding_window_inference(
+    inputs: torch.Tensor,
+    roi_size: Sequence[int] | int,
+    sw_batch_size: int,
+    predictor: Callable[..., torch.Tensor],
+    overlap: Sequence[float] | float = 0.25,
+    mode: str = "constant",
+    sigma_scale: Sequence[float] | float = 0.125,
+    padding_mode: str = "constant",
+    cval: float = 0.0,
+    sw_device: torch.device | str | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    *,
+    output: str = "raw",
+    tta_flips: Sequence[int] = (),
+    max_memory: int | None = None,
+    **kwargs,
+) -> torch.Tensor:
+    """Predict a whole volume window by window and blend the overlapping windows (MONAI-compatible).
+
+    The arguments shared with ``monai.inferers.sliding_window_inference`` keep its names, defaults and
+    results (same output to float32 rounding for the same arguments): windows of ``roi_size`` on a regular
+    grid with ``overlap`` (scalar or per axis, each in [0, 1)), the image padded when the roi is larger
+    (``padding_mode``, ``cval``) and the output cropped back, windows blended with a constant or Gaussian
+    (``sigma_scale``) importance map and normalised by the sum of the maps covering each voxel.
+
+    Args:
+        inputs: (B, C, *spatial) floating tensor, 1 to 3 spatial axes. The computation runs in its dtype.
+        roi_size: window size, one int per spatial axis (or one int for all); entries <= 0 or None take
+            the image size on that axis.
+        sw_batch_size: windows per predictor call (>= 1).
+        predictor: called as ``predictor(windows, **kwargs)`` with windows (N, C, *roi) on ``sw_device``;
+            must return a floating tensor (N, C_out, *roi) (same spatial size as its input).
+        overlap: fraction of overlap between neighbouring windows, scalar or one per axis, in [0, 1).
+        mode: "constant" (equal weights) or "gaussian" (less weight near the window edges).
+        sigma_scale: Gaussian sigma as a fraction of the roi, scalar or one per axis.
+        padding_mode: "constant", "reflect", "replicate" or "circular" (torch.nn.functional.pad modes).
+        cval: fill value of constant padding.
+        sw_device: device of the windows given to the predictor (default: inputs' device).
+        device: device of the stitched output (default: inputs' device).
+        progress: show a tqdm progress bar over the predictor calls.
+        output: "raw" (the stitched predictor output, as MONAI returns; (B, C_out, *spatial), inputs'
+            dtype), "probs" (its softmax over channels) or "labels" (its argmax over channels,
+            (B, 1, *spatial), uint8 for C_out <= 256 classes, else int16).
+        tta_flips: spatial axes (0-based, e.g. (0, 1, 2)) to mirror for test-time augmentation, nnU-Net
+            style: every combination of flips of these axes is predicted, flipped back and averaged
+            before the one stitch (2**len(tta_flips) predictor calls per batch).
+        max_memory: bytes allowed for the streaming accumulator. Setting it (or output="labels") streams:
+            windows are visited slab by slab along the last axis into an accumulator of one window's
+            width, and each slab is normalised (softmaxed or argmaxed) and written out as soon as no
+            remaining window touches it. A ValueError says so when the accumulator needs more.
+        **kwargs: passed to the predictor.
+
+    Returns:
+        The output on ``device`` as described under ``output``.
+    """
+    if not isinstance(inputs, torch.Tensor):
+        raise ValueError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+    if inputs.dim() not in (3, 4, 5):
+        raise ValueError(f"inputs must have shape (B, C, *spatial) with 1 to 3 spatial axes, got {tuple(inputs.shape)}")
+    if not inputs.is_floating_point():
+        raise ValueError(f"inputs must be a floating tensor, got {inputs.dtype}")
+    if inputs.numel() == 0:
+        raise ValueError(f"inputs must not be empty, got shape {tuple(inputs.shape)}")
+    if not isinstance(sw_batch_size, int) or isinstance(sw_batch_size, bool) or sw_batch_size < 1:
+        raise ValueError(f"sw_batch_size must be an int >= 1, got {sw_batch_size!r}")
+    if not callable(predictor):
+        raise ValueError(f"predictor must be callable, got {type(predictor).__name__}")
+    mode = str(getattr(mode, "value", mode))
+    padding_mode = str(getattr(padding_mode, "value", padding_mode))
+    if mode not in BLEND_MODES:
+        raise ValueError(f"mode must be one of {BLEND_MODES}, got {mode!r}")
+    if padding_mode not in PAD_MODES:
+        raise ValueError(f"padding_mode must be one of {PAD_MODES}, got {padding_mode!r}")
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    n = inputs.dim() - 2
+    flips = _check_flips(tta_flips, n)
+    if max_memory is not None and (not isinstance(max_memory, int) or isinstance(max_memory, bool) or max_memory <= 0):
+        raise ValueError(f"max_memory must be a positive int (bytes) or None, got {max_memory!r}")
+
+    B, C, *image_size = inputs.shape
+    grid = make_grid(image_size, roi_size, overlap)
+    device = torch.device(device) if device is not None else inputs.device
+    sw_device = torch.device(sw_device) if sw_device is not None else inputs.device
+    dtype = inputs.dtype
+    x = inputs
+    if any(grid.pad):
+        x = F.pad(x, list(grid.pad), mode=padding_mode, **({"value": cval} if padding_mode == "constant" else {}))
+    x5 = x.reshape(B, C, *grid.shape)
+    weight = cached_weight(grid, n, mode, sigma_scale, dtype, device)
+    job = _Job(grid, n, predictor, kwargs, flips, sw_device, device, dtype, weight)
+    if output == "labels" or max_memory is not None:
+        return _streamed(job, x5, B, sw_batch_size, output, max_memory, mode, sigma_scale, progress)
+    out = _whole(job, x5, B, sw_batch_size, progress)
+    out.div_(cached_normaliser(grid, weight, mode, sigma_scale))
+    out = job.crop(out)
+    return torch.softmax(out, dim=1) if output == "probs" else out
+
+
+def _check_flips(tta_flips, n: int) -> tuple[int, ...]:
+    if isinstance(tta_flips, int) or not isinstance(tta_flips, Sequence):
+        raise ValueError(f"tta_flips must be a sequence of spatial axes in [0, {n}), got {tta_flips!r}")
+    flips = tuple(tta_flips)
+    if any(not isinstance(a, int) or isinstance(a, bool) or not 0 <= a < n for a in flips) or len(set(flips)) != len(flips):
+        raise ValueError(f"tta_flips must hold distinct spatial axes in [0, {n}), got {tta_flips!r}")
+    return flips
+
+
+class _Job:
+    """What every batch of windows needs: the grid, the predictor and where tensors live."""
+
+    def __init__(self, grid: WindowGrid, n, predictor, kwargs, flips, sw_device, device, dtype, weight):
+        self.grid, self.n, self.predictor, self.kwargs = grid, n, predictor, kwargs
+        self.sw_device, self.device, self.dtype, self.weight = sw_device, device, dtype, weight
+        self.roi_nd = grid.roi[3 - n :]
+        # every combination of the flipped axes (the empty one first), as tensor dims
+        self.flip_sets = [
+            tuple(2 + a for a in combo) for k in range(len(flips) + 1) for combo in itertools.combinations(flips, k)
+        ]
+
+    def predict(self, windows: torch.Tensor) -> torch.Tensor:
+        """(N, C, rd, rh, rw) windows -> (N, C_out, rd, rh, rw) predictions on the output device and dtype."""
+        N, C = windows.shape[:2]
+        win = windows.view(N, C, *self.roi_nd).to(self.sw_device)
+        total = None
+        for dims in self.flip_sets:
+            p = self._call(win.flip(dims) if dims else win, N)
+            p = p.flip(dims) if dims else p
+            total = p if total is None else total + p  # out of place: p may alias the windows
+        if len(self.flip_sets) > 1:
+            total = total / len(self.flip_sets)
+        total = total.to(device=self.device, dtype=self.dtype)
+        return total.reshape(N, total.shape[1], *self.grid.roi)
+
+    def _call(self, win: torch.Tensor, N: int) -> torch.Tensor:
+        p = self.predictor(win, **self.kwargs)
+        if not isinstance(p, torch.Tensor):
+            raise ValueError(
+                f"predictor must return one tensor (N, C_out, *roi), got {type(p).__name__} "
+                "(multi-output predictors are not supported)"
+            )
+        want = (N, *self.roi_nd)
+        if p.dim() != 2 + self.n or (p.shape[0], *p.shape[2:]) != want:
+            raise ValueError(
+                f"predictor must return shape (N, C_out, *roi) = ({N}, C_out, {', '.join(map(str, self.roi_nd))}) "
+                f"for windows {tuple(win.shape)}, got {tuple(p.shape)} (a different spatial size is not supported)"
+            )
+        if not p.is_floating_point():
+            raise ValueError(f"predictor must return a floating tensor, got {p.dtype}")
+        return p
+
+    def crop(self, out: torch.Tensor) -> torch.Tensor:
+        """(B, C, D, H, W) padded -> (B, C, *spatial) of the original image (a view)."""
+        B, Co = out.shape[:2]
+        index = tuple(slice(b, e) for b, e in self.grid.crop[3 - self.n :])
+        return out.reshape(B, Co, *self.grid.shape[3 - self.n :])[(slice(None), slice(None), *index)]
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="batch", desc="sliding window")
+
+
+def _whole(job: _Job, x5: torch.Tensor, B: int, sw: int, progress: bool) -> torch.Tensor:
+    """Every window, in MONAI's order, stitched into one (B, C_out, D, H, W) accumulator."""
+    grid = job.grid
+    per_image = grid.window_starts()
+    num_win = per_image.shape[0]
+    starts = torch.cat(
+        [torch.arange(B).repeat_interleave(num_win)[:, None], per_image.repeat(B, 1)], dim=1
+    ).contiguous()
+    st_in = starts.to(x5.device)
+    st_out = st_in if job.device == x5.device else starts.to(job.device)
+    total = starts.shape[0]
+    bar = _progress(progress, (total + sw - 1) // sw)
+    out = None
+    for g in range(0, total, sw):
+        pred = job.predict(window_gather(x5, st_in[g : g + sw], grid.roi))
+        if out is None:
+            out = torch.zeros((B, pred.shape[1], *grid.shape), dtype=job.dtype, device=job.device)
+        window_stitch(out, pred, job.weight, st_out[g : g + pred.shape[0]])
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def _labels_dtype(classes: int) -> torch.dtype:
+    if classes <= 256:
+        return torch.uint8
+    if classes <= 32768:
+        return torch.int16
+    raise ValueError(f"output='labels' supports up to 32768 classes, the predictor returned {classes}")
+
+
+def _streamed(job: _Job, x5, B: int, sw: int, output: str, max_memory, mode, sigma_scale, progress) -> torch.Tensor:
+    """Slab by slab along the last axis: an accumulator one window wide (rw), finalised per window column."""
+    grid = job.grid
+    D, H, W = grid.shape
+    rd, rh, rw = grid.roi
+    zs, ys, xs = grid.starts
+    zy = torch.tensor([(z, y) for z in zs for y in ys], dtype=torch.int64)
+    per_group = zy.shape[0]
+    n_batches = B * len(xs) * ((per_group + sw - 1) // sw)
+    bar = _progress(progress, n_batches)
+    (cz0, cz1), (cy0, cy1), (cx0, cx1) = grid.crop
+    acc = count = result = None
+    ones = None
+    for b in range(B):
+        for k, sx in enumerate(xs):
+            gather_starts = torch.cat(
+                [torch.full((per_group, 1), b), zy, torch.full((per_group, 1), sx)], dim=1
+            ).to(x5.device)
+            stitch_starts = torch.cat(
+                [torch.zeros((per_group, 1), dtype=torch.int64), zy, torch.zeros((per_group, 1), dtype=torch.int64)],
+                dim=1,
+            ).to(job.device)
+            for g in range(0, per_group, sw):
+                pred = job.predict(window_gather(x5, gather_starts[g : g + sw], grid.roi))
+                N, Co = pred.shape[:2]
+                if acc is None:
+                    acc, count, result = _allocate(job, B, Co, output, max_memory)
+                    ones = torch.ones(grid.roi, dtype=job.dtype, device=job.device)
+                window_stitch(acc, pred, job.weight, stitch_starts[g : g + N])
+                if count is not None:
+                    window_stitch(count, job.weight.expand(N, 1, *grid.roi), ones, stitch_starts[g : g + N])
+                if bar is not None:
+                    bar.update(1)
+            # columns [sx, end) are final: no later window starts before the next window column
+            end = xs[k + 1] if k + 1 < len(xs) else W
+            lo, hi = max(sx, cx0), min(end, cx1)
+            if hi > lo:
+                _finalise(acc, count, result, b, output, (cz0, cz1), (cy0, cy1), (lo - sx, hi - sx), lo - cx0)
+            _shift(acc, end - sx)
+            if count is not None:
+                _shift(count, end - sx)
+    if bar is not None:
+        bar.close()
+    n = job.n
+    return result.reshape(*result.shape[:2], *(e - s for s, e in grid.crop[3 - n :]))
+
+
+def _allocate(job: _Job, B: int, Co: int, output: str, max_memory):
+    grid = job.grid
+    D, H, W = grid.shape
+    rw = grid.roi[2]
+    item = torch.empty((), dtype=job.dtype).element_size()
+    need = (Co + (0 if output == "labels" else 1)) * D * H * rw * item
+    if max_memory is not None and need > max_memory:
+        raise ValueError(
+            f"max_memory={max_memory} bytes is too small: streaming needs an accumulator of {need} bytes "
+            f"({Co} classes{'' if output == 'labels' else ' + 1 normaliser'} x {D} x {H} x {rw} (one window wide) "
+            f"x {item} bytes)"
+        )
+    acc = torch.zeros((1, Co, D, H, rw), dtype=job.dtype, device=job.device)
+    count = None if output == "labels" else torch.zeros((1, 1, D, H, rw), dtype=job.dtype, device=job.device)
+    size = tuple(e - s for s, e in grid.crop)
+    if output == "labels":
+        result = torch.empty((B, 1, *size), dtype=_labels_dtype(Co), device=job.device)
+    else:
+        result = torch.empty((B, Co, *size), dtype=job.dtype, device=job.device)
+    return acc, count, result
+
+
+def _finalise(acc, count, result, b, output, zr, yr, xr, x_out) -> None:
+    """Write columns xr of the accumulator (cropped to zr, yr) to result[b, ..., x_out:]."""
+    (z0, z1), (y0, y1), (a0, a1) = zr, yr, xr
+    plane = acc.shape[1] * (y1 - y0) * (a1 - a0) * 8
+    step = max(1, (8 << 20) // max(plane, 1))  # ~8 MiB of temporaries per chunk of planes
+    for z in range(z0, z1, step):
+        ze = min(z + step, z1)
+        block = acc[0, :, z:ze, y0:y1, a0:a1]
+        dst = result[b, :, z - z0 : ze - z0, :, x_out : x_out + (a1 - a0)]
+        if output == "labels":
+            dst[0].copy_(block.argmax(dim=0))
+        else:
+            block = block / count[0, :, z:ze, y0:y1, a0:a1]
+            dst.copy_(torch.softmax(block, dim=0) if output == "probs" else block)
+
+
+def _shift(buf: torch.Tensor, by: int) -> None:
+    """Move columns [by, rw) of buf to [0, rw - by) and zero the rest (chunks of <= by columns never overlap)."""
+    rw = buf.shape[-1]
+    keep = rw - by
+    for j in range(0, keep, by):
+        w = min(by, keep - j)
+        buf[..., j : j + w].copy_(buf[..., by + j : by + j + w])
+    buf[..., max(keep, 0) :].zero_()
