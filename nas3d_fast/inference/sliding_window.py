@@ -301,10 +301,21 @@ def _finalise(acc, count, result, b, output, zr, yr, xr, x_out) -> None:
         block = acc[0, :, z:ze, y0:y1, a0:a1]
         dst = result[b, :, z - z0 : ze - z0, :, x_out : x_out + (a1 - a0)]
         if output == "labels":
-            dst[0].copy_(block.argmax(dim=0))
+            _argmax_into(block, dst[0])
         else:
             block = block / count[0, :, z:ze, y0:y1, a0:a1]
             dst.copy_(torch.softmax(block, dim=0) if output == "probs" else block)
+
+
+def _argmax_into(block: torch.Tensor, dst: torch.Tensor) -> None:
+    """dst = block.argmax(dim=0) (the first maximum on ties), one elementwise pass per class: torch's
+    argmax over a short strided leading axis is far slower than C compares of whole planes."""
+    best = block[0].clone()
+    dst.zero_()
+    for c in range(1, block.shape[0]):
+        better = block[c] > best
+        dst.masked_fill_(better, c)
+        torch.maximum(best, block[c], out=best)
 
 
 def _shift(buf: torch.Tensor, by: int) -> None:
