@@ -52,6 +52,7 @@ def _stitch_kernel(
     ps3,
     ps4,
     FP64: tl.constexpr,
+    BF16: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     r = tl.program_id(0).to(tl.int64)  # row (c * rd + z) * rh + y of window n
@@ -73,6 +74,10 @@ def _stitch_kernel(
         acc = o.to(tl.float64) + w.to(tl.float64) * p.to(tl.float64)
     else:
         acc = o.to(tl.float32) + w.to(tl.float32) * p.to(tl.float32)
+    if BF16:  # round to nearest even by hand: the Triton interpreter truncates float32 -> bfloat16
+        bits = acc.to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+        acc = tl.where(acc == acc, bits.to(tl.float32, bitcast=True), acc)
     tl.store(o_ptrs, acc.to(o.dtype), mask=mask)
 
 
@@ -116,5 +121,6 @@ def window_stitch_triton(out: torch.Tensor, pred: torch.Tensor, weight: torch.Te
             *out.stride()[:4],
             *pred.stride(),
             FP64=out.dtype == torch.float64,
+            BF16=out.dtype == torch.bfloat16,
             BLOCK=block,
         )
