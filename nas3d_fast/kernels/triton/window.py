@@ -1,4 +1,4 @@
-"""Triton kernels of the sliding-window ops: one program per (window row, BLOCK voxels along the last axis).
+"""Triton kernels of the sliding-window ops: one program per tile of BLOCK_R window rows x BLOCK_X voxels along the last axis.
 
 Same arithmetic as csrc/window/window.h: stitching visits the windows one launch after the other (launches
 on one stream run in order), the voxels of one window in parallel, so every voxel's sum is formed in window
@@ -15,10 +15,13 @@ from torch.library import triton_op, wrap_triton
 
 @triton.jit
 def _gather_kernel(
-    vol_ptr, starts_ptr, out_ptr, C, rd, rh, rw, vs0, vs1, vs2, vs3, vs4, BLOCK: tl.constexpr
+    vol_ptr, starts_ptr, out_ptr, rows, C, rd, rh, rw, vs0, vs1, vs2, vs3, vs4, BLOCK_R: tl.constexpr, BLOCK_X: tl.constexpr
 ):
-    r = tl.program_id(0).to(tl.int64)  # row ((n * C + c) * rd + z) * rh + y
-    xs = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    # rows r = ((n * C + c) * rd + z) * rh + y, BLOCK_R of them by BLOCK_X voxels along the last axis
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    xs = tl.program_id(1).to(tl.int64) * BLOCK_X + tl.arange(0, BLOCK_X).to(tl.int64)
+    row_ok = r < rows
+    r = tl.where(row_ok, r, 0)
     y = r % rh
     z = (r // rh) % rd
     c = (r // (rh * rd)) % C
@@ -27,9 +30,9 @@ def _gather_kernel(
     z0 = tl.load(starts_ptr + n * 4 + 1)
     y0 = tl.load(starts_ptr + n * 4 + 2)
     x0 = tl.load(starts_ptr + n * 4 + 3)
-    mask = xs < rw
-    src = vol_ptr + b * vs0 + c * vs1 + (z0 + z) * vs2 + (y0 + y) * vs3 + (x0 + xs) * vs4
-    tl.store(out_ptr + r * rw + xs, tl.load(src, mask=mask), mask=mask)
+    mask = row_ok[:, None] & (xs < rw)[None, :]
+    src = (b * vs0 + c * vs1 + (z0 + z) * vs2 + (y0 + y) * vs3 + x0 * vs4)[:, None] + (xs * vs4)[None, :]
+    tl.store(out_ptr + (r * rw)[:, None] + xs[None, :], tl.load(vol_ptr + src, mask=mask), mask=mask)
 
 
 @triton.jit
@@ -39,6 +42,7 @@ def _stitch_kernel(
     weight_ptr,
     starts_ptr,
     n,
+    rows,
     rd,
     rh,
     rw,
@@ -53,10 +57,14 @@ def _stitch_kernel(
     ps4,
     FP64: tl.constexpr,
     BF16: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_X: tl.constexpr,
 ):
-    r = tl.program_id(0).to(tl.int64)  # row (c * rd + z) * rh + y of window n
-    xs = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    # rows r = (c * rd + z) * rh + y of window n, BLOCK_R of them by BLOCK_X voxels along the last axis
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    xs = tl.program_id(1).to(tl.int64) * BLOCK_X + tl.arange(0, BLOCK_X).to(tl.int64)
+    row_ok = r < rows
+    r = tl.where(row_ok, r, 0)
     y = r % rh
     z = (r // rh) % rd
     c = r // (rh * rd)
@@ -65,10 +73,11 @@ def _stitch_kernel(
     z0 = tl.load(starts_ptr + n64 * 4 + 1)
     y0 = tl.load(starts_ptr + n64 * 4 + 2)
     x0 = tl.load(starts_ptr + n64 * 4 + 3)
-    mask = xs < rw
-    o_ptrs = out_ptr + b * os0 + c * os1 + (z0 + z) * os2 + (y0 + y) * os3 + (x0 + xs)
-    p = tl.load(pred_ptr + n64 * ps0 + c * ps1 + z * ps2 + y * ps3 + xs * ps4, mask=mask, other=0.0)
-    w = tl.load(weight_ptr + (z * rh + y) * rw + xs, mask=mask, other=0.0)
+    mask = row_ok[:, None] & (xs < rw)[None, :]
+    o_ptrs = out_ptr + (b * os0 + c * os1 + (z0 + z) * os2 + (y0 + y) * os3 + x0)[:, None] + xs[None, :]
+    p_off = (n64 * ps0 + c * ps1 + z * ps2 + y * ps3)[:, None] + (xs * ps4)[None, :]
+    p = tl.load(pred_ptr + p_off, mask=mask, other=0.0)
+    w = tl.load(weight_ptr + ((z * rh + y) * rw)[:, None] + xs[None, :], mask=mask, other=0.0)
     o = tl.load(o_ptrs, mask=mask, other=0.0)
     if FP64:
         acc = o.to(tl.float64) + w.to(tl.float64) * p.to(tl.float64)
@@ -81,8 +90,10 @@ def _stitch_kernel(
     tl.store(o_ptrs, acc.to(o.dtype), mask=mask)
 
 
-def _block(rw: int) -> int:
-    return min(1024, triton.next_power_of_2(max(int(rw), 16)))
+def _blocks(rw: int) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_X): a whole window row (up to 1024 voxels) by enough rows for ~4096 voxels."""
+    block_x = min(1024, triton.next_power_of_2(max(int(rw), 16)))
+    return max(1, 4096 // block_x), block_x
 
 
 @triton_op("nas3d::window_gather_triton", mutates_args=())
@@ -93,9 +104,9 @@ def window_gather_triton(volume: torch.Tensor, starts: torch.Tensor, roi: list[i
     rows = N * C * rd * rh
     if rows == 0 or rw == 0:
         return out
-    block = _block(rw)
-    wrap_triton(_gather_kernel)[(rows, triton.cdiv(rw, block))](
-        volume, starts, out, C, rd, rh, rw, *volume.stride(), BLOCK=block
+    block_r, block_x = _blocks(rw)
+    wrap_triton(_gather_kernel)[(triton.cdiv(rows, block_r), triton.cdiv(rw, block_x))](
+        volume, starts, out, rows, C, rd, rh, rw, *volume.stride(), BLOCK_R=block_r, BLOCK_X=block_x
     )
     return out
 
@@ -106,8 +117,8 @@ def window_stitch_triton(out: torch.Tensor, pred: torch.Tensor, weight: torch.Te
     rows = C * rd * rh
     if rows == 0 or rw == 0:
         return
-    block = _block(rw)
-    grid = (rows, triton.cdiv(rw, block))
+    block_r, block_x = _blocks(rw)
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(rw, block_x))
     for n in range(N):  # in order: one launch per window
         wrap_triton(_stitch_kernel)[grid](
             out,
@@ -115,6 +126,7 @@ def window_stitch_triton(out: torch.Tensor, pred: torch.Tensor, weight: torch.Te
             weight,
             starts,
             n,
+            rows,
             rd,
             rh,
             rw,
@@ -122,5 +134,6 @@ def window_stitch_triton(out: torch.Tensor, pred: torch.Tensor, weight: torch.Te
             *pred.stride(),
             FP64=out.dtype == torch.float64,
             BF16=out.dtype == torch.bfloat16,
-            BLOCK=block,
+            BLOCK_R=block_r,
+            BLOCK_X=block_x,
         )
