@@ -104,7 +104,14 @@ def test_backends_match_monai_and_repeat_bit_identical(backend, device):
 
 
 @pytest.mark.parametrize("mode", ["constant", "gaussian"])
-@pytest.mark.parametrize("shape,roi,overlap,sw", [((2, 1, 37, 41, 29), (16, 16, 16), 0.5, 4), ((1, 1, 9, 30, 50), (12, 12, 16), (0.25, 0.5, 0.7), 7)])
+@pytest.mark.parametrize(
+    "shape,roi,overlap,sw",
+    [  # streamed along axis 1, 2 (the last, with a roi larger than the image on axis 0) and 0
+        ((2, 1, 37, 41, 29), (16, 16, 16), 0.5, 4),
+        ((1, 1, 9, 30, 50), (12, 12, 16), (0.25, 0.5, 0.7), 7),
+        ((1, 1, 50, 20, 21), (8, 8, 8), 0.3, 5),
+    ],
+)
 def test_streaming_labels_equal_argmax_of_probs(mode, shape, roi, overlap, sw):
     x = _volume(shape)
     pred = conv_predictor(1, c_out=4)

@@ -3,8 +3,9 @@
 Windows are gathered in batches from the (padded) volume in one kernel, predicted, and stitched into the
 output weighted by the importance map in one deterministic pass; the normaliser (the sum of the importance
 maps covering each voxel) is cached per (shape, roi, overlap, mode, sigma). With output="labels" or
-max_memory, windows are visited slab by slab along the last axis and each slab of the output is
-normalised (and argmaxed) as soon as no remaining window touches it.
+max_memory, windows are visited slab by slab along one axis (the one that makes the slab smallest; the
+last axis on ties) and each slab of the output is normalised (and argmaxed) as soon as no remaining
+window touches it, so memory grows with the slab, not with volume x classes.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def sliding_window_inference(
             style: every combination of flips of these axes is predicted, flipped back and averaged
             before the one stitch (2**len(tta_flips) predictor calls per batch).
         max_memory: bytes allowed for the streaming accumulator. Setting it (or output="labels") streams:
-            windows are visited slab by slab along the last axis into an accumulator of one window's
-            width, and each slab is normalised (softmaxed or argmaxed) and written out as soon as no
+            windows are visited slab by slab along one axis (the one with the smallest slab, the last
+            axis on ties) into an accumulator one window thick, and each slab is normalised (softmaxed or argmaxed) and written out as soon as no
             remaining window touches it. A ValueError says so when the accumulator needs more.
         **kwargs: passed to the predictor.
 
@@ -222,67 +223,78 @@ def _labels_dtype(classes: int) -> torch.dtype:
     raise ValueError(f"output='labels' supports up to 32768 classes, the predictor returned {classes}")
 
 
+def stream_axis(grid: WindowGrid) -> int:
+    """The spatial axis (0, 1, 2 of the 3D grid) to stream along: the one whose slab accumulator (the
+    volume with that axis cut to one window) is smallest; ties go to the later axis (the last by default)."""
+    sizes = [grid.shape[0] * grid.shape[1] * grid.shape[2] // grid.shape[a] * grid.roi[a] for a in range(3)]
+    return min(range(3), key=lambda a: (sizes[a], -a))
+
+
 def _streamed(job: _Job, x5, B: int, sw: int, output: str, max_memory, mode, sigma_scale, progress) -> torch.Tensor:
-    """Slab by slab along the last axis: an accumulator one window wide (rw), finalised per window column."""
+    """Slab by slab along one axis (`stream_axis`): an accumulator one window thick on that axis, each
+    slab finalised (normalised, softmaxed or argmaxed) as soon as the next window position has begun."""
     grid = job.grid
-    D, H, W = grid.shape
-    rd, rh, rw = grid.roi
-    zs, ys, xs = grid.starts
-    zy = torch.tensor([(z, y) for z in zs for y in ys], dtype=torch.int64)
-    per_group = zy.shape[0]
-    n_batches = B * len(xs) * ((per_group + sw - 1) // sw)
-    bar = _progress(progress, n_batches)
-    (cz0, cz1), (cy0, cy1), (cx0, cx1) = grid.crop
-    acc = count = result = None
-    ones = None
+    a = stream_axis(grid)
+    others = [d for d in range(3) if d != a]
+    groups = grid.starts[a]
+    cross = torch.tensor([(p, q) for p in grid.starts[others[0]] for q in grid.starts[others[1]]], dtype=torch.int64)
+    per_group = cross.shape[0]
+    bar = _progress(progress, B * len(groups) * ((per_group + sw - 1) // sw))
+    acc = count = result = ones = None
     for b in range(B):
-        for k, sx in enumerate(xs):
-            gather_starts = torch.cat(
-                [torch.full((per_group, 1), b), zy, torch.full((per_group, 1), sx)], dim=1
-            ).to(x5.device)
-            stitch_starts = torch.cat(
-                [torch.zeros((per_group, 1), dtype=torch.int64), zy, torch.zeros((per_group, 1), dtype=torch.int64)],
-                dim=1,
-            ).to(job.device)
+        for k, g0 in enumerate(groups):
+            rows = torch.zeros((per_group, 4), dtype=torch.int64)
+            rows[:, 1 + others[0]] = cross[:, 0]
+            rows[:, 1 + others[1]] = cross[:, 1]
+            stitch_starts = rows.to(job.device)  # batch 0 and axis a at 0 in the accumulator
+            rows = rows.clone()
+            rows[:, 0] = b
+            rows[:, 1 + a] = g0
+            gather_starts = rows.to(x5.device)
             for g in range(0, per_group, sw):
-                pred = job.predict(window_gather(x5, gather_starts[g : g + sw], grid.roi))
+                windows = window_gather(x5, gather_starts[g : g + sw], grid.roi)
+                pred = job.predict(windows)
+                del windows
                 N, Co = pred.shape[:2]
                 if acc is None:
-                    acc, count, result = _allocate(job, B, Co, output, max_memory)
+                    acc, count, result = _allocate(job, a, B, Co, output, max_memory)
                     ones = torch.ones(grid.roi, dtype=job.dtype, device=job.device)
                 window_stitch(acc, pred, job.weight, stitch_starts[g : g + N])
+                del pred  # before the next prediction is allocated
                 if count is not None:
                     window_stitch(count, job.weight.expand(N, 1, *grid.roi), ones, stitch_starts[g : g + N])
                 if bar is not None:
                     bar.update(1)
-            # columns [sx, end) are final: no later window starts before the next window column
-            end = xs[k + 1] if k + 1 < len(xs) else W
-            lo, hi = max(sx, cx0), min(end, cx1)
+            # [g0, end) on axis a is final: every later window starts at or after the next group
+            end = groups[k + 1] if k + 1 < len(groups) else grid.shape[a]
+            c0, c1 = grid.crop[a]
+            lo, hi = max(g0, c0), min(end, c1)
             if hi > lo:
-                _finalise(acc, count, result, b, output, (cz0, cz1), (cy0, cy1), (lo - sx, hi - sx), lo - cx0)
-            _shift(acc, end - sx)
+                _finalise(acc, count, result, b, output, a, grid.crop, (lo - g0, hi - g0), lo - c0)
+            _shift(acc, 2 + a, end - g0)
             if count is not None:
-                _shift(count, end - sx)
+                _shift(count, 2 + a, end - g0)
     if bar is not None:
         bar.close()
     n = job.n
     return result.reshape(*result.shape[:2], *(e - s for s, e in grid.crop[3 - n :]))
 
 
-def _allocate(job: _Job, B: int, Co: int, output: str, max_memory):
+def _allocate(job: _Job, a: int, B: int, Co: int, output: str, max_memory):
     grid = job.grid
-    D, H, W = grid.shape
-    rw = grid.roi[2]
+    slab = list(grid.shape)
+    slab[a] = grid.roi[a]
     item = torch.empty((), dtype=job.dtype).element_size()
-    need = (Co + (0 if output == "labels" else 1)) * D * H * rw * item
+    voxels = slab[0] * slab[1] * slab[2]
+    need = (Co + (0 if output == "labels" else 1)) * voxels * item
     if max_memory is not None and need > max_memory:
         raise ValueError(
             f"max_memory={max_memory} bytes is too small: streaming needs an accumulator of {need} bytes "
-            f"({Co} classes{'' if output == 'labels' else ' + 1 normaliser'} x {D} x {H} x {rw} (one window wide) "
-            f"x {item} bytes)"
+            f"({Co} classes{'' if output == 'labels' else ' + 1 normaliser'} x slab {tuple(slab)} (one window "
+            f"thick on axis {a}) x {item} bytes)"
         )
-    acc = torch.zeros((1, Co, D, H, rw), dtype=job.dtype, device=job.device)
-    count = None if output == "labels" else torch.zeros((1, 1, D, H, rw), dtype=job.dtype, device=job.device)
+    acc = torch.zeros((1, Co, *slab), dtype=job.dtype, device=job.device)
+    count = None if output == "labels" else torch.zeros((1, 1, *slab), dtype=job.dtype, device=job.device)
     size = tuple(e - s for s, e in grid.crop)
     if output == "labels":
         result = torch.empty((B, 1, *size), dtype=_labels_dtype(Co), device=job.device)
@@ -291,20 +303,31 @@ def _allocate(job: _Job, B: int, Co: int, output: str, max_memory):
     return acc, count, result
 
 
-def _finalise(acc, count, result, b, output, zr, yr, xr, x_out) -> None:
-    """Write columns xr of the accumulator (cropped to zr, yr) to result[b, ..., x_out:]."""
-    (z0, z1), (y0, y1), (a0, a1) = zr, yr, xr
-    plane = acc.shape[1] * (y1 - y0) * (a1 - a0) * 8
-    step = max(1, (8 << 20) // max(plane, 1))  # ~8 MiB of temporaries per chunk of planes
-    for z in range(z0, z1, step):
-        ze = min(z + step, z1)
-        block = acc[0, :, z:ze, y0:y1, a0:a1]
-        dst = result[b, :, z - z0 : ze - z0, :, x_out : x_out + (a1 - a0)]
+def _finalise(acc, count, result, b, output, a, crop, span, out_at) -> None:
+    """Write the accumulator's range ``span`` on axis a (cropped to ``crop`` on the other axes) to
+    result[b] at ``out_at`` on axis a, in chunks along another axis (bounded temporaries)."""
+    src = [slice(s, e) for s, e in crop]
+    src[a] = slice(*span)
+    dst = [slice(0, e - s) for s, e in crop]
+    dst[a] = slice(out_at, out_at + span[1] - span[0])
+    cut = 0 if a != 0 else 1  # chunk along the first axis that is not streamed
+    s0, s1 = crop[cut]
+    plane = acc.shape[1] * 8
+    for d in range(3):
+        if d != cut:
+            plane *= src[d].stop - src[d].start
+    step = max(1, (8 << 20) // max(plane, 1))  # ~8 MiB of temporaries per chunk
+    for i in range(s0, s1, step):
+        j = min(i + step, s1)
+        src[cut] = slice(i, j)
+        dst[cut] = slice(i - s0, j - s0)
+        block = acc[(0, slice(None), *src)]
+        target = result[(b, slice(None), *dst)]
         if output == "labels":
-            _argmax_into(block, dst[0])
+            _argmax_into(block, target[0])
         else:
-            block = block / count[0, :, z:ze, y0:y1, a0:a1]
-            dst.copy_(torch.softmax(block, dim=0) if output == "probs" else block)
+            block = block / count[(0, slice(None), *src)]
+            target.copy_(torch.softmax(block, dim=0) if output == "probs" else block)
 
 
 def _argmax_into(block: torch.Tensor, dst: torch.Tensor) -> None:
@@ -318,11 +341,11 @@ def _argmax_into(block: torch.Tensor, dst: torch.Tensor) -> None:
         torch.maximum(best, block[c], out=best)
 
 
-def _shift(buf: torch.Tensor, by: int) -> None:
-    """Move columns [by, rw) of buf to [0, rw - by) and zero the rest (chunks of <= by columns never overlap)."""
-    rw = buf.shape[-1]
-    keep = rw - by
+def _shift(buf: torch.Tensor, dim: int, by: int) -> None:
+    """Move [by, n) of buf along dim to [0, n - by) and zero the rest (chunks of <= by never overlap)."""
+    n = buf.shape[dim]
+    keep = n - by
     for j in range(0, keep, by):
         w = min(by, keep - j)
-        buf[..., j : j + w].copy_(buf[..., by + j : by + j + w])
-    buf[..., max(keep, 0) :].zero_()
+        buf.narrow(dim, j, w).copy_(buf.narrow(dim, by + j, w))
+    buf.narrow(dim, max(keep, 0), n - max(keep, 0)).zero_()
