@@ -132,6 +132,17 @@ def test_streaming_with_max_memory_matches_whole_volume(output):
     torch.testing.assert_close(streamed, whole, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_float16_accumulation_of_probabilities(streamed):
+    x = _volume((1, 1, 20, 24, 28))
+    pred = conv_predictor(1)
+    kw = dict(overlap=0.5, mode="gaussian", output="probs")
+    full = sliding_window_inference(x, 12, 4, pred, **kw)
+    half = sliding_window_inference(x, 12, 4, pred, accumulate_dtype=torch.float16, max_memory=(1 << 30) if streamed else None, **kw)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), full, rtol=0, atol=3e-3)
+
+
 def test_max_memory_too_small_is_refused():
     x = _volume((1, 1, 20, 20, 20))
     with pytest.raises(ValueError, match="max_memory=1000 bytes is too small"):
@@ -207,6 +218,7 @@ def _bad(**changes):
         (_bad(output="mask"), "output must be one of"),
         (_bad(tta_flips=(3,)), "tta_flips must hold distinct spatial axes"),
         (_bad(max_memory=-5), "max_memory must be a positive int"),
+        (_bad(accumulate_dtype=torch.int8), "accumulate_dtype must be a floating torch.dtype"),
     ],
 )
 def test_bad_inputs(args, match):

@@ -39,6 +39,7 @@ def sliding_window_inference(
     output: str = "raw",
     tta_flips: Sequence[int] = (),
     max_memory: int | None = None,
+    accumulate_dtype: torch.dtype | None = None,
     **kwargs,
 ) -> torch.Tensor:
     """Predict a whole volume window by window and blend the overlapping windows (MONAI-compatible).
@@ -74,6 +75,9 @@ def sliding_window_inference(
             windows are visited slab by slab along one axis (the one with the smallest slab, the last
             axis on ties) into an accumulator one window thick, and each slab is normalised (softmaxed or argmaxed) and written out as soon as no
             remaining window touches it. A ValueError says so when the accumulator needs more.
+        accumulate_dtype: dtype of the accumulator, the normaliser and the raw/probs output (default:
+            inputs' dtype, as MONAI); torch.float16 or torch.bfloat16 halves the memory of probabilities
+            (each add is computed in float32 and rounded once).
         **kwargs: passed to the predictor.
 
     Returns:
@@ -108,7 +112,11 @@ def sliding_window_inference(
     grid = make_grid(image_size, roi_size, overlap)
     device = torch.device(device) if device is not None else inputs.device
     sw_device = torch.device(sw_device) if sw_device is not None else inputs.device
-    dtype = inputs.dtype
+    if accumulate_dtype is not None and (
+        not isinstance(accumulate_dtype, torch.dtype) or not accumulate_dtype.is_floating_point
+    ):
+        raise ValueError(f"accumulate_dtype must be a floating torch.dtype or None, got {accumulate_dtype!r}")
+    dtype = accumulate_dtype or inputs.dtype
     x = inputs
     if any(grid.pad):
         x = F.pad(x, list(grid.pad), mode=padding_mode, **({"value": cval} if padding_mode == "constant" else {}))
