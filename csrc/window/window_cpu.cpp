@@ -1,6 +1,7 @@
 // CPU kernels of the sliding-window ops. Both work row by row (one contiguous run of rw voxels along the
-// last axis), rows in parallel (at::parallel_for). Stitching visits the windows one after the other, so
-// every voxel's sum is formed in window order: deterministic, whatever the thread count, no atomics.
+// last axis), rows in parallel (at::parallel_for, one parallel region per call). Stitching adds the windows
+// covering an output row in window order, so every voxel's sum is formed in that order: deterministic,
+// whatever the thread count, no atomics.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -66,14 +67,29 @@ void stitch_rows(scalar_t* __restrict__ o, const scalar_t* __restrict__ p, const
   }
 }
 
+// One parallel region per call (a barrier per window costs dearly on a loaded machine): the tasks are the
+// output rows (b, c, z, y) of the batch's bounding box, and each task adds the windows that cover its row
+// in window order, so every voxel's sum is formed in the order n = 0, 1, ... with no two threads writing
+// the same row.
 void window_stitch_cpu(at::Tensor& out, const at::Tensor& pred, const at::Tensor& weight, const at::Tensor& starts) {
   check_stitch_args(out, pred, weight, starts);
   const int64_t N = pred.size(0), C = pred.size(1);
   const int64_t rd = pred.size(2), rh = pred.size(3), rw = pred.size(4);
   check_start_values(starts, out.sizes(), pred.sizes().slice(2));
-  const int64_t rows = C * rd * rh;
-  if (N == 0 || rows == 0 || rw == 0) return;
+  if (N == 0 || C == 0 || rd == 0 || rh == 0 || rw == 0) return;
   const int64_t* s = starts.const_data_ptr<int64_t>();
+  int64_t lo[3] = {s[0], s[1], s[2]}, hi[3] = {s[0] + 1, s[1] + rd, s[2] + rh};  // (b, z, y) box
+  for (int64_t n = 1; n < N; ++n) {
+    const int64_t* st = s + 4 * n;
+    lo[0] = std::min(lo[0], st[0]);
+    hi[0] = std::max(hi[0], st[0] + 1);
+    lo[1] = std::min(lo[1], st[1]);
+    hi[1] = std::max(hi[1], st[1] + rd);
+    lo[2] = std::min(lo[2], st[2]);
+    hi[2] = std::max(hi[2], st[2] + rh);
+  }
+  const int64_t nb = hi[0] - lo[0], nz = hi[1] - lo[1], ny = hi[2] - lo[2];
+  const int64_t tasks = nb * C * nz * ny;
   int64_t os[5], ps[5];
   for (int d = 0; d < 5; ++d) {
     os[d] = out.stride(d);
@@ -83,25 +99,27 @@ void window_stitch_cpu(at::Tensor& out, const at::Tensor& pred, const at::Tensor
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     const scalar_t* p = pred.const_data_ptr<scalar_t>();
     const scalar_t* w = weight.const_data_ptr<scalar_t>();
-    // Windows in order (they may overlap); the rows of one window are disjoint, so they run in parallel.
-    for (int64_t n = 0; n < N; ++n) {
-      const int64_t* st = s + 4 * n;
-      at::parallel_for(0, rows, row_grain(rw), [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          const int64_t y = r % rh;
-          const int64_t z = (r / rh) % rd;
-          const int64_t c = r / (rh * rd);
-          scalar_t* orow = o + offset5(os, st[0], c, st[1] + z, st[2] + y, st[3]);
-          const scalar_t* prow = p + offset5(ps, n, c, z, y, 0);
-          const scalar_t* wrow = w + (z * rh + y) * rw;
+    at::parallel_for(0, tasks, row_grain(rw), [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t y = lo[2] + t % ny;
+        const int64_t z = lo[1] + (t / ny) % nz;
+        const int64_t c = (t / (ny * nz)) % C;
+        const int64_t b = lo[0] + t / (ny * nz * C);
+        for (int64_t n = 0; n < N; ++n) {  // window order: the fixed summation order of every voxel
+          const int64_t* st = s + 4 * n;
+          const int64_t wz = z - st[1], wy = y - st[2];
+          if (st[0] != b || wz < 0 || wz >= rd || wy < 0 || wy >= rh) continue;
+          scalar_t* orow = o + offset5(os, b, c, z, y, st[3]);
+          const scalar_t* prow = p + offset5(ps, n, c, wz, wy, 0);
+          const scalar_t* wrow = w + (wz * rh + wy) * rw;
           if (ps[4] == 1) {
             stitch_rows<scalar_t, true>(orow, prow, wrow, rw, 1);
           } else {
             stitch_rows<scalar_t, false>(orow, prow, wrow, rw, ps[4]);
           }
         }
-      });
-    }
+      }
+    });
   });
 }
 
