@@ -73,6 +73,9 @@ def test_fewer_spatial_axes_match_monai(dims):
     want = monai_inferers.sliding_window_inference(x, roi, 4, pred, overlap=0.4, mode="gaussian")
     got = sliding_window_inference(x, roi, 4, pred, overlap=0.4, mode="gaussian")
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    labels = sliding_window_inference(x, roi, 4, pred, overlap=0.4, mode="gaussian", output="labels")
+    assert labels.shape == (shape[0], 1, *shape[2:])
+    assert torch.equal(labels[:, 0].long(), want.argmax(1))
 
 
 def test_float64_matches_monai():
@@ -224,3 +227,25 @@ def _bad(**changes):
 def test_bad_inputs(args, match):
     with pytest.raises(ValueError, match=match):
         sliding_window_inference(**args)
+
+
+def test_progress_bar(capsys):
+    x = _volume((1, 1, 12, 12, 12))
+    out = sliding_window_inference(x, 8, 2, lambda t: t, overlap=0.5, progress=True)
+    torch.testing.assert_close(out, x)
+    assert "sliding window" in capsys.readouterr().err
+
+
+def test_benchmark_suite_has_the_issue_ratio_keys():
+    from benchmarks.sliding_window import SUITE
+
+    keys = {r.key for r in SUITE.ratios}
+    assert keys == {
+        "cheap_gaussian.speedup_vs_monai",
+        "cheap_gaussian.memory_vs_monai",
+        "labels_large.speedup_vs_monai",
+        "labels_large.memory_vs_monai",
+        "unet.speedup_vs_monai",
+    }
+    for r in SUITE.ratios:
+        SUITE.case(r.case), SUITE.case(r.baseline)  # both sides exist
