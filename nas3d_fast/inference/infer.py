@@ -61,7 +61,8 @@ def infer(
         image, nifti = read_image(src)
         if image.shape[1] != settings.in_channels:
             raise ValueError(
-                f"input {src} has {image.shape[1]} channel(s), the checkpoint expects in_channels={settings.in_channels}"
+                f"input {src} has {image.shape[1]} channel(s), "
+                f"the checkpoint expects in_channels={settings.in_channels}"
             )
         image = preprocess(image, settings.intensity).to(dev)
 

@@ -37,7 +37,9 @@ def read_image(path: str):
     if data.ndim == 3:
         data = data[..., None]
     if data.ndim != 4:
-        raise ValueError(f"input {path} must be a 3D volume (or 3D with channels on a 4th axis), got shape {data.shape}")
+        raise ValueError(
+            f"input {path} must be a 3D volume (or 3D with channels on a 4th axis), got shape {data.shape}"
+        )
     image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(data, -1, 0)))[None]
     return image, img
 

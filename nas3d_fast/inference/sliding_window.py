@@ -73,8 +73,8 @@ def sliding_window_inference(
             before the one stitch (2**len(tta_flips) predictor calls per batch).
         max_memory: bytes allowed for the streaming accumulator. Setting it (or output="labels") streams:
             windows are visited slab by slab along one axis (the one with the smallest slab, the last
-            axis on ties) into an accumulator one window thick, and each slab is normalised (softmaxed or argmaxed) and written out as soon as no
-            remaining window touches it. A ValueError says so when the accumulator needs more.
+            axis on ties) into an accumulator one window thick, and each slab is normalised (softmaxed
+            or argmaxed) and written out as soon as no remaining window touches it. A ValueError says so when the accumulator needs more.
         accumulate_dtype: dtype of the accumulator, the normaliser and the raw/probs output (default:
             inputs' dtype, as MONAI); torch.float16 or torch.bfloat16 halves the memory of probabilities
             (each add is computed in float32 and rounded once).
@@ -135,7 +135,8 @@ def _check_flips(tta_flips, n: int) -> tuple[int, ...]:
     if isinstance(tta_flips, int) or not isinstance(tta_flips, Sequence):
         raise ValueError(f"tta_flips must be a sequence of spatial axes in [0, {n}), got {tta_flips!r}")
     flips = tuple(tta_flips)
-    if any(not isinstance(a, int) or isinstance(a, bool) or not 0 <= a < n for a in flips) or len(set(flips)) != len(flips):
+    bad = any(not isinstance(a, int) or isinstance(a, bool) or not 0 <= a < n for a in flips)
+    if bad or len(set(flips)) != len(flips):
         raise ValueError(f"tta_flips must hold distinct spatial axes in [0, {n}), got {tta_flips!r}")
     return flips
 

@@ -107,7 +107,9 @@ def window_stitch(out: torch.Tensor, pred: torch.Tensor, weight: torch.Tensor, s
     if pred.shape[1] != out.shape[1]:
         raise ValueError(f"pred must have the channels of out ({out.shape[1]}), got shape {tuple(pred.shape)}")
     if tuple(weight.shape) != tuple(pred.shape[2:]):
-        raise ValueError(f"weight must have the window shape of pred {tuple(pred.shape[2:])}, got {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must have the window shape of pred {tuple(pred.shape[2:])}, got {tuple(weight.shape)}"
+        )
     if any(r > s for r, s in zip(pred.shape[2:], out.shape[2:])):
         raise ValueError(f"pred windows {tuple(pred.shape[2:])} must fit in out {tuple(out.shape[2:])}")
     _check_starts(starts, out, pred.shape[0])
@@ -139,8 +141,18 @@ def _stitch_triton(out, pred, weight, starts):
     torch.ops.nas3d.window_stitch_triton(out, pred, weight, starts)
 
 
-_GATHER = {"reference": reference.window_gather, "cpu": _gather_compiled, "cuda": _gather_compiled, "triton": _gather_triton}
-_STITCH = {"reference": reference.window_stitch, "cpu": _stitch_compiled, "cuda": _stitch_compiled, "triton": _stitch_triton}
+_GATHER = {
+    "reference": reference.window_gather,
+    "cpu": _gather_compiled,
+    "cuda": _gather_compiled,
+    "triton": _gather_triton,
+}
+_STITCH = {
+    "reference": reference.window_stitch,
+    "cpu": _stitch_compiled,
+    "cuda": _stitch_compiled,
+    "triton": _stitch_triton,
+}
 
 
 def _fake_gather(volume, starts, roi):

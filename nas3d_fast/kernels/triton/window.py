@@ -1,4 +1,5 @@
-"""Triton kernels of the sliding-window ops: one program per tile of BLOCK_R window rows x BLOCK_X voxels along the last axis.
+"""Triton kernels of the sliding-window ops: one program per tile of BLOCK_R window rows x BLOCK_X voxels
+along the last axis.
 
 Same arithmetic as csrc/window/window.h: stitching visits the windows one launch after the other (launches
 on one stream run in order), the voxels of one window in parallel, so every voxel's sum is formed in window
@@ -15,7 +16,8 @@ from torch.library import triton_op, wrap_triton
 
 @triton.jit
 def _gather_kernel(
-    vol_ptr, starts_ptr, out_ptr, rows, C, rd, rh, rw, vs0, vs1, vs2, vs3, vs4, BLOCK_R: tl.constexpr, BLOCK_X: tl.constexpr
+    vol_ptr, starts_ptr, out_ptr, rows, C, rd, rh, rw, vs0, vs1, vs2, vs3, vs4,
+    BLOCK_R: tl.constexpr, BLOCK_X: tl.constexpr,
 ):
     # rows r = ((n * C + c) * rd + z) * rh + y, BLOCK_R of them by BLOCK_X voxels along the last axis
     r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
