@@ -325,7 +325,7 @@ def _finalise(acc, count, result, b, output, a, crop, span, out_at) -> None:
     for d in range(3):
         if d != cut:
             plane *= src[d].stop - src[d].start
-    step = max(1, (8 << 20) // max(plane, 1))  # ~8 MiB of temporaries per chunk
+    step = max(1, (32 << 20) // max(plane, 1))  # <= ~8 MiB of temporaries per chunk, few parallel regions
     for i in range(s0, s1, step):
         j = min(i + step, s1)
         src[cut] = slice(i, j)
