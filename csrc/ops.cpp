@@ -35,4 +35,11 @@ TORCH_LIBRARY(nas3d, m) {
   m.def(
       "depthwise_conv3_backward(Tensor grad, Tensor x, Tensor weight, int stride, int dilation, bool[2] mask) "
       "-> (Tensor?, Tensor?)");
+
+  // Sliding-window inference (csrc/window/). volume (B, C, D, H, W), starts (N, 4) int64 rows (b, z, y, x).
+  // window_gather: the N windows of extent roi = (rd, rh, rw) -> (N, C, rd, rh, rw).
+  m.def("window_gather(Tensor volume, Tensor starts, int[] roi) -> Tensor");
+  // window_stitch: out[b, :, z:z+rd, y:y+rh, x:x+rw] += weight * pred[n] for n = 0..N-1 in order
+  // (deterministic); out (B, C, D, H, W) contiguous, pred (N, C, rd, rh, rw), weight (rd, rh, rw).
+  m.def("window_stitch(Tensor(a!) out, Tensor pred, Tensor weight, Tensor starts) -> ()");
 }

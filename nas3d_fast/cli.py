@@ -2,6 +2,7 @@
 
 nas3d info           versions (torch, CUDA, Triton, compilers) and the backend table
 nas3d bench SUITE    a benchmark suite side by side with its baselines (see benchmarks/run.py)
+nas3d infer ...      label maps for NIfTI images with a checkpoint (see nas3d_fast/inference/checkpoint.py)
 """
 
 from __future__ import annotations
@@ -72,6 +73,47 @@ def cmd_bench(args) -> int:
     return bench_run.main(argv)
 
 
+def cmd_infer(args) -> int:
+    from .inference.infer import infer
+
+    try:
+        written = infer(
+            args.model,
+            args.input,
+            args.output,
+            roi_size=args.roi,
+            overlap=args.overlap,
+            tta=args.tta,
+            device=args.device,
+            progress=not args.quiet,
+        )
+    except (ValueError, OSError) as exc:
+        print(f"nas3d infer: error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_infer(sub) -> None:
+    infer = sub.add_parser(
+        "infer",
+        help="label maps for NIfTI images (sliding-window inference)",
+        description="Predict label maps for NIfTI images with a checkpoint: NAME.pt (a torch.save'd module) "
+        "and NAME.json beside it (preprocessing and window settings; see nas3d_fast/inference/checkpoint.py). "
+        "Label maps keep the input's affine and header.",
+    )
+    infer.add_argument("--model", required=True, metavar="CHECKPOINT", help="NAME.pt (settings in NAME.json)")
+    infer.add_argument("--input", required=True, metavar="IMAGE|FOLDER", help=".nii/.nii.gz file, or a folder of them")
+    infer.add_argument("--output", required=True, metavar="PATH", help="output .nii/.nii.gz file, or a folder")
+    infer.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="window size (default: checkpoint's)")
+    infer.add_argument("--overlap", type=float, help="window overlap in [0, 1) (default: checkpoint's)")
+    infer.add_argument("--tta", action="store_true", help="average over mirrored inputs (the checkpoint's tta_flips)")
+    infer.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    infer.add_argument("--quiet", action="store_true", help="no progress bars")
+    infer.set_defaults(func=cmd_infer)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nas3d", description="Fast NAS for 3D medical image segmentation.")
     parser.add_argument("--version", action="version", version=f"nas3d_fast {__version__}")
@@ -82,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer repeats and cases")
     bench.add_argument("--json", metavar="PATH", help="write results as JSON")
     bench.set_defaults(func=cmd_bench)
+    _add_infer(sub)
     return parser
 
 

@@ -102,6 +102,8 @@ def cast_inputs(inputs: dict, dtype: torch.dtype, grad_inputs) -> dict:
 
 def grads(spec: OpSpec, inputs: dict, outputs: tuple, seed: int = 1) -> list[torch.Tensor]:
     """Gradients of sum_i <cot_i, out_i> over the float outputs, for a fixed random cotangent."""
+    if not spec.grad_inputs:  # an op without gradients (e.g. inference-only)
+        return []
     gen = torch.Generator().manual_seed(seed)
     floats = [outputs[i] for i in spec.float_outputs]
     cots = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o) for o in floats]

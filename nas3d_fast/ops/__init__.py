@@ -3,5 +3,15 @@ or triton backend (see nas3d_fast.dispatch)."""
 
 from .gumbel import gumbel_topk
 from .mixed import avg_pool3, depthwise_conv3, kernel_merge, max_pool3, weighted_sum
+from .window import window_gather, window_stitch
 
-__all__ = ["avg_pool3", "depthwise_conv3", "gumbel_topk", "kernel_merge", "max_pool3", "weighted_sum"]
+__all__ = [
+    "avg_pool3",
+    "depthwise_conv3",
+    "gumbel_topk",
+    "kernel_merge",
+    "max_pool3",
+    "weighted_sum",
+    "window_gather",
+    "window_stitch",
+]

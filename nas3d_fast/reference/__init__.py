@@ -5,5 +5,6 @@ no compiled backend can run.
 """
 
 from .gumbel import gumbel_topk
+from .window import window_gather, window_stitch
 
-__all__ = ["gumbel_topk"]
+__all__ = ["gumbel_topk", "window_gather", "window_stitch"]

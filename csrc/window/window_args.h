@@ -1,0 +1,70 @@
+// Host-side argument checks of the sliding-window ops, shared by the CPU and CUDA entry points. The Python
+// layer (nas3d_fast/ops/window.py) validates first, with the same messages; these guard direct callers.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "../common/checks.h"
+
+namespace nas3d {
+namespace window {
+
+inline void check_starts(const at::Tensor& starts, const at::Tensor& like) {
+  NAS3D_CHECK_DIM(starts, "starts", 2);
+  TORCH_CHECK(starts.size(1) == 4, "starts must have shape (N, 4) (b, z, y, x), got ", starts.sizes());
+  TORCH_CHECK(starts.scalar_type() == at::kLong, "starts must be an int64 tensor, got ", starts.scalar_type());
+  TORCH_CHECK(starts.is_contiguous(), "starts must be contiguous");
+  NAS3D_CHECK_SAME_DEVICE(like, starts, "the volume", "starts");
+}
+
+inline void check_gather_args(const at::Tensor& volume, const at::Tensor& starts, at::IntArrayRef roi) {
+  NAS3D_CHECK_DIM(volume, "volume", 5);
+  NAS3D_CHECK_FLOATING(volume, "volume");
+  check_starts(starts, volume);
+  TORCH_CHECK(roi.size() == 3, "roi must have 3 entries (rd, rh, rw), got ", roi);
+  for (int d = 0; d < 3; ++d) {
+    TORCH_CHECK(roi[d] >= 1 && roi[d] <= volume.size(2 + d), "roi must lie in [1, volume.shape[2:]] = ",
+                volume.sizes().slice(2), ", got ", roi);
+  }
+}
+
+inline void check_stitch_args(const at::Tensor& out, const at::Tensor& pred, const at::Tensor& weight,
+                              const at::Tensor& starts) {
+  NAS3D_CHECK_DIM(out, "out", 5);
+  NAS3D_CHECK_DIM(pred, "pred", 5);
+  NAS3D_CHECK_DIM(weight, "weight", 3);
+  NAS3D_CHECK_FLOATING(out, "out");
+  NAS3D_CHECK_SAME_DTYPE(out, pred, "out", "pred");
+  NAS3D_CHECK_SAME_DTYPE(out, weight, "out", "weight");
+  NAS3D_CHECK_SAME_DEVICE(out, pred, "out", "pred");
+  NAS3D_CHECK_SAME_DEVICE(out, weight, "out", "weight");
+  TORCH_CHECK(out.is_contiguous(), "out must be contiguous (it is accumulated in place)");
+  TORCH_CHECK(weight.is_contiguous(), "weight must be contiguous");
+  check_starts(starts, out);
+  TORCH_CHECK(starts.size(0) == pred.size(0), "starts must have one row per window of pred (", pred.size(0),
+              "), got ", starts.size(0));
+  TORCH_CHECK(pred.size(1) == out.size(1), "pred must have the channels of out (", out.size(1), "), got ",
+              pred.size(1));
+  TORCH_CHECK(weight.sizes() == pred.sizes().slice(2), "weight must have the window shape of pred ",
+              pred.sizes().slice(2), ", got ", weight.sizes());
+  for (int d = 0; d < 3; ++d) {
+    TORCH_CHECK(pred.size(2 + d) <= out.size(2 + d), "pred windows ", pred.sizes().slice(2),
+                " must fit in out ", out.sizes().slice(2));
+  }
+}
+
+// Starts that put every window inside `shape` (b, and z/y/x with the window extent `roi`); host data only.
+inline void check_start_values(const at::Tensor& starts_cpu, at::IntArrayRef shape, at::IntArrayRef roi) {
+  const int64_t* s = starts_cpu.const_data_ptr<int64_t>();
+  for (int64_t n = 0; n < starts_cpu.size(0); ++n) {
+    const int64_t* r = s + 4 * n;
+    TORCH_CHECK(r[0] >= 0 && r[0] < shape[0], "starts[", n, "] batch index ", r[0], " outside [0, ", shape[0], ")");
+    for (int d = 0; d < 3; ++d) {
+      TORCH_CHECK(r[1 + d] >= 0 && r[1 + d] + roi[d] <= shape[2 + d], "starts[", n, "] puts the window of ", roi,
+                  " outside the spatial shape ", shape.slice(2), " (start ", r[1 + d], " on axis ", d, ")");
+    }
+  }
+}
+
+}  // namespace window
+}  // namespace nas3d

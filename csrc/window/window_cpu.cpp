@@ -1,0 +1,134 @@
+// CPU kernels of the sliding-window ops. Both work row by row (one contiguous run of rw voxels along the
+// last axis), rows in parallel (at::parallel_for, one parallel region per call). Stitching adds the windows
+// covering an output row in window order, so every voxel's sum is formed in that order: deterministic,
+// whatever the thread count, no atomics.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <cstring>
+
+#include "window.h"
+#include "window_args.h"
+
+namespace nas3d {
+namespace window {
+namespace {
+
+// Rows per task: a row is rw voxels; aim at ~32k voxels per task.
+int64_t row_grain(int64_t rw) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(rw, 1)); }
+
+at::Tensor window_gather_cpu(const at::Tensor& volume, const at::Tensor& starts, at::IntArrayRef roi) {
+  check_gather_args(volume, starts, roi);
+  check_start_values(starts, volume.sizes(), roi);
+  const int64_t N = starts.size(0), C = volume.size(1);
+  const int64_t rd = roi[0], rh = roi[1], rw = roi[2];
+  at::Tensor out = at::empty({N, C, rd, rh, rw}, volume.options());
+  const int64_t rows = N * C * rd * rh;
+  if (rows == 0 || rw == 0) return out;
+  const int64_t* s = starts.const_data_ptr<int64_t>();
+  int64_t vs[5];
+  for (int d = 0; d < 5; ++d) vs[d] = volume.stride(d);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, volume.scalar_type(), "window_gather_cpu", [&] {
+    const scalar_t* v = volume.const_data_ptr<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, row_grain(rw), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        // r = ((n * C + c) * rd + z) * rh + y
+        int64_t i = r;
+        const int64_t y = i % rh;
+        i /= rh;
+        const int64_t z = i % rd;
+        i /= rd;
+        const int64_t c = i % C;
+        const int64_t n = i / C;
+        const int64_t* st = s + 4 * n;
+        const scalar_t* src = v + offset5(vs, st[0], c, st[1] + z, st[2] + y, st[3]);
+        scalar_t* dst = o + r * rw;
+        if (vs[4] == 1) {
+          std::memcpy(dst, src, sizeof(scalar_t) * rw);
+        } else {
+          for (int64_t x = 0; x < rw; ++x) dst[x] = src[x * vs[4]];
+        }
+      }
+    });
+  });
+  return out;
+}
+
+template <typename scalar_t, bool kContiguousRow>
+void stitch_rows(scalar_t* __restrict__ o, const scalar_t* __restrict__ p, const scalar_t* __restrict__ w, int64_t rw,
+                 int64_t ps4) {
+  using acc = acc_t<scalar_t>;
+  for (int64_t x = 0; x < rw; ++x) {
+    const acc pv = static_cast<acc>(kContiguousRow ? p[x] : p[x * ps4]);
+    o[x] = static_cast<scalar_t>(stitch_value<acc>(static_cast<acc>(o[x]), static_cast<acc>(w[x]), pv));
+  }
+}
+
+// One parallel region per call (a barrier per window costs dearly on a loaded machine): the tasks are the
+// output rows (b, c, z, y) of the batch's bounding box, and each task adds the windows that cover its row
+// in window order, so every voxel's sum is formed in the order n = 0, 1, ... with no two threads writing
+// the same row.
+void window_stitch_cpu(at::Tensor& out, const at::Tensor& pred, const at::Tensor& weight, const at::Tensor& starts) {
+  check_stitch_args(out, pred, weight, starts);
+  const int64_t N = pred.size(0), C = pred.size(1);
+  const int64_t rd = pred.size(2), rh = pred.size(3), rw = pred.size(4);
+  check_start_values(starts, out.sizes(), pred.sizes().slice(2));
+  if (N == 0 || C == 0 || rd == 0 || rh == 0 || rw == 0) return;
+  const int64_t* s = starts.const_data_ptr<int64_t>();
+  int64_t lo[3] = {s[0], s[1], s[2]}, hi[3] = {s[0] + 1, s[1] + rd, s[2] + rh};  // (b, z, y) box
+  for (int64_t n = 1; n < N; ++n) {
+    const int64_t* st = s + 4 * n;
+    lo[0] = std::min(lo[0], st[0]);
+    hi[0] = std::max(hi[0], st[0] + 1);
+    lo[1] = std::min(lo[1], st[1]);
+    hi[1] = std::max(hi[1], st[1] + rd);
+    lo[2] = std::min(lo[2], st[2]);
+    hi[2] = std::max(hi[2], st[2] + rh);
+  }
+  const int64_t nb = hi[0] - lo[0], nz = hi[1] - lo[1], ny = hi[2] - lo[2];
+  const int64_t tasks = nb * C * nz * ny;
+  int64_t os[5], ps[5];
+  for (int d = 0; d < 5; ++d) {
+    os[d] = out.stride(d);
+    ps[d] = pred.stride(d);
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "window_stitch_cpu", [&] {
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    const scalar_t* p = pred.const_data_ptr<scalar_t>();
+    const scalar_t* w = weight.const_data_ptr<scalar_t>();
+    at::parallel_for(0, tasks, row_grain(rw), [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t y = lo[2] + t % ny;
+        const int64_t z = lo[1] + (t / ny) % nz;
+        const int64_t c = (t / (ny * nz)) % C;
+        const int64_t b = lo[0] + t / (ny * nz * C);
+        for (int64_t n = 0; n < N; ++n) {  // window order: the fixed summation order of every voxel
+          const int64_t* st = s + 4 * n;
+          const int64_t wz = z - st[1], wy = y - st[2];
+          if (st[0] != b || wz < 0 || wz >= rd || wy < 0 || wy >= rh) continue;
+          scalar_t* orow = o + offset5(os, b, c, z, y, st[3]);
+          const scalar_t* prow = p + offset5(ps, n, c, wz, wy, 0);
+          const scalar_t* wrow = w + (wz * rh + wy) * rw;
+          if (ps[4] == 1) {
+            stitch_rows<scalar_t, true>(orow, prow, wrow, rw, 1);
+          } else {
+            stitch_rows<scalar_t, false>(orow, prow, wrow, rw, ps[4]);
+          }
+        }
+      }
+    });
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(nas3d, CPU, m) {
+  m.impl("window_gather", &window_gather_cpu);
+  m.impl("window_stitch", &window_stitch_cpu);
+}
+
+}  // namespace window
+}  // namespace nas3d

@@ -1,0 +1,93 @@
+"""`nas3d infer`: label maps for NIfTI images with a checkpoint (see checkpoint.py for the format)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .checkpoint import load_model, load_settings, preprocess
+from .nifti import NIFTI_SUFFIXES, is_nifti_name, read_image, write_labels
+from .sliding_window import sliding_window_inference
+
+
+def plan(input_path: str, output_path: str) -> list[tuple[str, str]]:
+    """(input file, output file) pairs: one file to a file (or into a folder), or a folder to a folder."""
+    if os.path.isdir(input_path):
+        names = sorted(n for n in os.listdir(input_path) if is_nifti_name(n))
+        if not names:
+            raise ValueError(f"--input folder {input_path} holds no .nii/.nii.gz files")
+        if os.path.exists(output_path) and not os.path.isdir(output_path):
+            raise ValueError(f"--output {output_path} must be a folder when --input is a folder")
+        return [(os.path.join(input_path, n), os.path.join(output_path, n)) for n in names]
+    if not os.path.exists(input_path):
+        raise ValueError(f"--input {input_path} does not exist")
+    if os.path.isdir(output_path):
+        name = os.path.basename(input_path)
+        if not is_nifti_name(name):
+            raise ValueError(f"input {input_path} is not a NIfTI file (expected a name ending in .nii or .nii.gz)")
+        return [(input_path, os.path.join(output_path, name))]
+    if not is_nifti_name(output_path):
+        raise ValueError(f"--output {output_path} must be a folder or a name ending in {' or '.join(NIFTI_SUFFIXES)}")
+    return [(input_path, output_path)]
+
+
+def infer(
+    model_path: str,
+    input_path: str,
+    output_path: str,
+    roi_size=None,
+    overlap=None,
+    tta: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """Write one label map per input image; returns the written paths. Raises ValueError with the file's
+    name for unreadable inputs, settings that do not fit the image or the model, or a model whose output
+    has the wrong shape; a failed image leaves no output file."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    settings = load_settings(model_path)
+    model = load_model(model_path, dev)
+    pairs = plan(input_path, output_path)
+    roi = tuple(roi_size) if roi_size else settings.roi_size
+    ov = overlap if overlap is not None else settings.overlap
+    written = []
+    bar = None
+    if progress and len(pairs) > 1:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(pairs), unit="image", desc="nas3d infer")
+    for src, dst in pairs:
+        image, nifti = read_image(src)
+        if image.shape[1] != settings.in_channels:
+            raise ValueError(
+                f"input {src} has {image.shape[1]} channel(s), "
+                f"the checkpoint expects in_channels={settings.in_channels}"
+            )
+        image = preprocess(image, settings.intensity).to(dev)
+
+        def predict(x):
+            with torch.no_grad():
+                return model(x)
+
+        try:
+            labels = sliding_window_inference(
+                image,
+                roi,
+                settings.sw_batch_size,
+                predict,
+                overlap=ov,
+                mode=settings.mode,
+                progress=progress,
+                output="labels",
+                tta_flips=settings.tta_flips if tta else (),
+            )
+        except ValueError as exc:
+            raise ValueError(f"input {src}: {exc}") from exc
+        write_labels(labels[0, 0].cpu().numpy(), nifti, dst)
+        written.append(dst)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return written

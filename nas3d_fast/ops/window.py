@@ -1,0 +1,168 @@
+"""Sliding-window gather and stitch: the two kernels of whole-volume inference (nas3d_fast.inference).
+
+Both ops work on 5D tensors (B, C, D, H, W); 1D/2D volumes are viewed as 5D with unit leading spatial
+axes by the caller. Windows are named by an (N, 4) int64 tensor of rows (b, z, y, x): the batch index
+and the first voxel of each window. Neither op has a gradient (inference only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .. import _extension, dispatch
+from ..reference import window as reference
+from ._checks import check_tensor, checking_values
+
+# For CUDA tensors: the CUDA kernels first (one C++ launch per window costs less host time than Triton's).
+CUDA_ORDER = ("cuda", "triton")
+
+
+def _check_starts(starts, like: torch.Tensor, n_expected: int | None = None) -> None:
+    check_tensor(starts, "starts", dim=2, dtypes=(torch.int64,))
+    if starts.shape[1] != 4:
+        raise ValueError(f"starts must have shape (N, 4) with rows (b, z, y, x), got {tuple(starts.shape)}")
+    if starts.device != like.device:
+        raise ValueError(f"starts must be on the device of the volume ({like.device}), got {starts.device}")
+    if n_expected is not None and starts.shape[0] != n_expected:
+        raise ValueError(f"starts must have one row per window of pred ({n_expected}), got {starts.shape[0]}")
+
+
+def _check_start_values(starts: torch.Tensor, shape: Sequence[int], roi: Sequence[int], what: str) -> None:
+    """Every window inside ``shape`` (B, C, D, H, W); one host copy of the (small) starts."""
+    if not checking_values(starts) or starts.numel() == 0:
+        return
+    s = starts.cpu()
+    upper = torch.tensor([shape[0] - 1, shape[2] - roi[0], shape[3] - roi[1], shape[4] - roi[2]])
+    bad = ((s < 0) | (s > upper)).any(dim=1)
+    if bool(bad.any()):
+        n = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"starts[{n}] = {s[n].tolist()} puts a window of {list(roi)} outside {what} of shape {list(shape)} "
+            f"(rows are (b, z, y, x) with 0 <= b < B and 0 <= start <= size - roi)"
+        )
+
+
+def _check_roi(roi, volume: torch.Tensor) -> list[int]:
+    if isinstance(roi, torch.Size):
+        roi = list(roi)
+    if not isinstance(roi, (list, tuple)) or len(roi) != 3 or not all(isinstance(r, int) for r in roi):
+        raise ValueError(f"roi must be 3 ints (rd, rh, rw), got {roi!r}")
+    spatial = list(volume.shape[2:])
+    if any(r < 1 or r > s for r, s in zip(roi, spatial)):
+        raise ValueError(f"roi must lie in [1, volume.shape[2:]] = [1, {spatial}], got {list(roi)}")
+    return [int(r) for r in roi]
+
+
+def window_gather(volume: torch.Tensor, starts: torch.Tensor, roi: Sequence[int]) -> torch.Tensor:
+    """Copy N windows out of a volume into one batch, in one kernel.
+
+    Args:
+        volume: (B, C, D, H, W) float16/bfloat16/float32/float64, any strides (e.g. a padded image).
+        starts: (N, 4) int64 on volume's device, rows (b, z, y, x); each window
+            volume[b, :, z:z+rd, y:y+rh, x:x+rw] must lie inside the volume.
+        roi: (rd, rh, rw), the window extent in voxels.
+
+    Returns:
+        (N, C, rd, rh, rw) contiguous, volume's dtype and device; row n is window n.
+    """
+    check_tensor(volume, "volume", dim=5)
+    _check_starts(starts, volume)
+    roi = _check_roi(roi, volume)
+    backend = dispatch.choose("window_gather", volume.device, CUDA_ORDER)
+    if backend not in ("cpu",):  # the cpu kernel checks the start values itself
+        _check_start_values(starts, volume.shape, roi, "the volume")
+    return _GATHER[backend](volume, starts, roi)
+
+
+def window_stitch(out: torch.Tensor, pred: torch.Tensor, weight: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """Accumulate weighted windows into ``out`` in place: for n = 0, 1, ..., N-1 in this order,
+    out[b, :, z:z+rd, y:y+rh, x:x+rw] += weight * pred[n] with (b, z, y, x) = starts[n].
+
+    Deterministic: each voxel's sum is formed in window order (windows one after the other, the voxels
+    of one window in parallel), with no atomics; the product weight * pred is rounded before the add,
+    as in MONAI's ``out[idx] += importance_map * seg_prob``. Accumulates in out's dtype (float32
+    arithmetic for float16/bfloat16, which is the optional low-precision accumulation).
+
+    Args:
+        out: (B, C, D, H, W) contiguous accumulator, float16/bfloat16/float32/float64, modified in place.
+        pred: (N, C, rd, rh, rw) predicted windows, out's dtype and device, any strides (stride 0 too).
+        weight: (rd, rh, rw) importance map of one window, out's dtype and device.
+        starts: (N, 4) int64 rows (b, z, y, x) on out's device; each window must lie inside out.
+
+    Returns:
+        out.
+    """
+    check_tensor(out, "out", dim=5)
+    check_tensor(pred, "pred", dim=5)
+    check_tensor(weight, "weight", dim=3)
+    for t, name in ((pred, "pred"), (weight, "weight")):
+        if t.dtype != out.dtype:
+            raise ValueError(f"{name} must have the dtype of out ({out.dtype}), got {t.dtype}")
+        if t.device != out.device:
+            raise ValueError(f"{name} must be on the device of out ({out.device}), got {t.device}")
+    if not out.is_contiguous():
+        raise ValueError("out must be contiguous (it is accumulated in place)")
+    if pred.shape[1] != out.shape[1]:
+        raise ValueError(f"pred must have the channels of out ({out.shape[1]}), got shape {tuple(pred.shape)}")
+    if tuple(weight.shape) != tuple(pred.shape[2:]):
+        raise ValueError(
+            f"weight must have the window shape of pred {tuple(pred.shape[2:])}, got {tuple(weight.shape)}"
+        )
+    if any(r > s for r, s in zip(pred.shape[2:], out.shape[2:])):
+        raise ValueError(f"pred windows {tuple(pred.shape[2:])} must fit in out {tuple(out.shape[2:])}")
+    _check_starts(starts, out, pred.shape[0])
+    weight = weight.contiguous()
+    backend = dispatch.choose("window_stitch", out.device, CUDA_ORDER)
+    if backend not in ("cpu",):
+        _check_start_values(starts, out.shape, pred.shape[2:], "out")
+    _STITCH[backend](out, pred, weight, starts)
+    return out
+
+
+def _gather_compiled(volume, starts, roi):
+    return torch.ops.nas3d.window_gather.default(volume, starts, roi)
+
+
+def _stitch_compiled(out, pred, weight, starts):
+    torch.ops.nas3d.window_stitch.default(out, pred, weight, starts)
+
+
+def _gather_triton(volume, starts, roi):
+    from ..kernels.triton import window as triton_window  # noqa: F401  (registers the triton ops)
+
+    return torch.ops.nas3d.window_gather_triton(volume, starts, roi)
+
+
+def _stitch_triton(out, pred, weight, starts):
+    from ..kernels.triton import window as triton_window  # noqa: F401
+
+    torch.ops.nas3d.window_stitch_triton(out, pred, weight, starts)
+
+
+_GATHER = {
+    "reference": reference.window_gather,
+    "cpu": _gather_compiled,
+    "cuda": _gather_compiled,
+    "triton": _gather_triton,
+}
+_STITCH = {
+    "reference": reference.window_stitch,
+    "cpu": _stitch_compiled,
+    "cuda": _stitch_compiled,
+    "triton": _stitch_triton,
+}
+
+
+def _fake_gather(volume, starts, roi):
+    return volume.new_empty((starts.shape[0], volume.shape[1], *roi))
+
+
+def _fake_stitch(out, pred, weight, starts):
+    return None
+
+
+if _extension.available():
+    torch.library.register_fake("nas3d::window_gather")(_fake_gather)
+    torch.library.register_fake("nas3d::window_stitch")(_fake_stitch)
