@@ -31,10 +31,14 @@ def max_pool3(x: torch.Tensor, stride: int = 1) -> torch.Tensor:
 
 def avg_pool3(x: torch.Tensor, stride: int = 1) -> torch.Tensor:
     """3x3x3 average pooling, padding 1, dividing by 27 everywhere (count_include_pad=True).
-    torch has no float16/bfloat16 avg_pool3d on CPU: there the sum runs in float32, rounded back once."""
+
+    The zero padding is explicit: torch's avg_pool3d refuses sides shorter than the window even when
+    padded. torch has no float16/bfloat16 avg_pool3d on CPU: there the sum runs in float32, rounded
+    back once."""
+    padded = F.pad(x, [1] * 6)
     if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
-        return F.avg_pool3d(x.float(), 3, stride, 1, count_include_pad=True).to(x.dtype)
-    return F.avg_pool3d(x, 3, stride, 1, count_include_pad=True)
+        return F.avg_pool3d(padded.float(), 3, stride).to(x.dtype)
+    return F.avg_pool3d(padded, 3, stride)
 
 
 def depthwise_conv3(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, dilation: int = 1) -> torch.Tensor:
