@@ -15,4 +15,15 @@ TORCH_LIBRARY(nas3d, m) {
   m.def(
       "gumbel_topk_backward(Tensor grad_weights, Tensor logits, Tensor noise, Tensor weights, float tau, "
       "bool hard) -> Tensor");
+  // Axial attention (csrc/axial/axial.h): q, k, v (B, C, X, Y, Z) strided views, attention along `axis`
+  // per line and head; returns out (B, C, X, Y, Z) contiguous and the log-sum-exp (B, heads, S1, S2, L) in
+  // float32 (float64 for float64 inputs) that the backward recomputes the probabilities from. Absent
+  // relative embeddings get empty (0,) gradients.
+  m.def(
+      "axial_attention(Tensor q, Tensor k, Tensor v, int axis, int num_heads, float scale, Tensor? rel_q=None, "
+      "Tensor? rel_k=None, Tensor? rel_v=None) -> (Tensor, Tensor)");
+  m.def(
+      "axial_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int axis, "
+      "int num_heads, float scale, Tensor? rel_q=None, Tensor? rel_k=None, Tensor? rel_v=None) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -4,6 +4,7 @@ They are the ground truth the cpu, cuda and triton backends are tested against, 
 no compiled backend can run.
 """
 
+from .axial import axial_attention
 from .gumbel import gumbel_topk
 
-__all__ = ["gumbel_topk"]
+__all__ = ["axial_attention", "gumbel_topk"]
