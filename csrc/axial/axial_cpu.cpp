@@ -40,17 +40,18 @@ bool use_avx2() {
 
 at::ScalarType acc_dtype(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
-// [D][R] in the accumulation type, optionally times `mul`; undefined when the embedding is absent.
-at::Tensor transposed(const std::optional<at::Tensor>& rel, at::ScalarType dtype, double mul = 1.0) {
-  if (!rel.has_value()) return at::Tensor();
-  at::Tensor t = rel->to(dtype);
-  if (mul != 1.0) t = t * mul;
-  return t.t().contiguous();
-}
+constexpr int64_t kRelPad = 8;  // >= the SIMD lanes of axial_cpu_kernel.h
 
-at::Tensor rows(const std::optional<at::Tensor>& rel, at::ScalarType dtype) {
+// The kernels' reversed table [D][R + kRelPad]: entry x = R-1-r of row r, optionally times `mul`, zero
+// past R; undefined when the embedding is absent.
+at::Tensor reversed(const std::optional<at::Tensor>& rel, at::ScalarType dtype, double mul = 1.0) {
   if (!rel.has_value()) return at::Tensor();
-  return rel->to(dtype).contiguous();
+  const int64_t R = rel->size(0), D = rel->size(1);
+  at::Tensor table = at::zeros({D, R + kRelPad}, rel->options().dtype(dtype));
+  at::Tensor src = rel->to(dtype).flip({0}).t();
+  if (mul != 1.0) src = src * mul;
+  table.narrow(1, 0, R).copy_(src);
+  return table;
 }
 
 std::tuple<at::Tensor, at::Tensor> axial_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -64,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor> axial_attention_cpu(const at::Tensor& q, cons
   at::Tensor lse = at::empty({g.B, g.H, g.S1, g.S2, g.L}, q.options().dtype(acc_dtype(q)));
   if (q.numel() == 0) return {out, lse};
   const auto dt = acc_dtype(q);
-  const at::Tensor rq = transposed(rel_q, dt), rk = transposed(rel_k, dt, scale), rv = rows(rel_v, dt);
+  const at::Tensor rq = reversed(rel_q, dt), rk = reversed(rel_k, dt, scale), rv = reversed(rel_v, dt);
   if (use_avx2()) {
     avx2_forward(g, q, k, v, rq, rk, rv, scale, out, lse);
   } else {
@@ -73,12 +74,12 @@ std::tuple<at::Tensor, at::Tensor> axial_attention_cpu(const at::Tensor& q, cons
   return {out, lse};
 }
 
-// Chunks of lines with their own relative-gradient accumulators: fixed by the shapes (deterministic
-// sums), at most 64, and at most ~32 MiB of accumulators.
+// Chunks of line groups with their own relative-gradient accumulators: fixed by the shapes
+// (deterministic sums), at most 64, and at most ~32 MiB of accumulators.
 int64_t rel_chunks(const Geometry& g) {
-  const int64_t per_chunk = 3 * g.D * g.R() * 4;
+  const int64_t per_chunk = 3 * g.D * (g.R() + kRelPad) * 4;
   const int64_t cap = std::max<int64_t>(1, (int64_t{32} << 20) / std::max<int64_t>(per_chunk, 1));
-  return std::max<int64_t>(1, std::min({g.lines(), int64_t{64}, cap}));
+  return std::max<int64_t>(1, std::min({generic::num_groups(g), int64_t{64}, cap}));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> axial_attention_backward_cpu(
@@ -102,9 +103,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     dq.zero_(), dk.zero_(), dv.zero_();
     return {dq, dk, dv, drq, drk, drv};
   }
-  const at::Tensor rq = transposed(rel_q, dt), rk = transposed(rel_k, dt, scale), rvT = transposed(rel_v, dt);
-  const int64_t chunks = any_rel ? rel_chunks(g) : g.lines();
-  at::Tensor drel = any_rel ? at::zeros({chunks, 3, D, R}, q.options().dtype(dt)) : at::Tensor();
+  const at::Tensor rq = reversed(rel_q, dt), rk = reversed(rel_k, dt, scale), rvT = reversed(rel_v, dt);
+  const int64_t chunks = any_rel ? rel_chunks(g) : generic::num_groups(g);
+  at::Tensor drel = any_rel ? at::zeros({chunks, 3, D, R + kRelPad}, q.options().dtype(dt)) : at::Tensor();
   if (use_avx2()) {
     avx2_backward(g, grad_out, q, k, v, out, lse, rq, rk, rvT, scale, dq, dk, dv, drel, chunks, rel_q.has_value(),
                   rel_k.has_value(), rel_v.has_value());
@@ -113,15 +114,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                       rel_q.has_value(), rel_k.has_value(), rel_v.has_value());
   }
   if (any_rel) {
-    // Sum the chunks in order (deterministic), [D][R] -> [R][D]; drel_k carries the scale (axial.h).
-    at::Tensor total = at::zeros({3, D, R}, drel.options());
+    // Sum the chunks in order (deterministic), reversed [D][R + pad] -> [R][D]; drel_k carries the scale.
+    at::Tensor total = at::zeros({3, D, R + kRelPad}, drel.options());
     AT_DISPATCH_FLOATING_TYPES(dt, "axial_attention_rel_sum", [&] {
       const scalar_t* src = drel.const_data_ptr<scalar_t>();
       scalar_t* dst = total.mutable_data_ptr<scalar_t>();
-      const int64_t n = 3 * D * R;
+      const int64_t n = 3 * D * (R + kRelPad);
       for (int64_t c = 0; c < chunks; ++c)
         for (int64_t e = 0; e < n; ++e) dst[e] += src[c * n + e];
     });
+    total = total.narrow(2, 0, R).flip({2});
     if (rel_q.has_value()) drq = total[0].t().to(q.scalar_type()).contiguous();
     if (rel_k.has_value()) drk = (total[1] * scale).t().to(q.scalar_type()).contiguous();
     if (rel_v.has_value()) drv = total[2].t().to(q.scalar_type()).contiguous();

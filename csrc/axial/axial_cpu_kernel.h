@@ -3,11 +3,15 @@
 // avx2); axial_cpu.cpp picks one at run time. No include guard on purpose; each includer defines
 // NAS3D_AXIAL_ISA and includes every header below before it (so only this file's code takes the ISA).
 //
-// Work split: lines (batch x head x the two other axes) in parallel. Per line, q (times the scale), k and
-// v are gathered once from their strided storage into float32 (float64) buffers, k and v transposed to
-// [D][L] so that the inner loops run over contiguous keys j and vectorise. Per query, keys are visited
-// in blocks of kKeyBlock with the online softmax of axial.h: no L x L matrix exists, only one block of
-// logits. The backward recomputes p from the saved log-sum-exp.
+// Work split: lines (batch x head x the two other axes) in parallel. Per line, q (times the scale, and
+// transposed to [D][L]), k, v (and in the backward the output gradient) are gathered once from their
+// strided storage into float32 (float64) buffers. The SIMD lanes hold N consecutive queries (8 floats or
+// 4 doubles, GCC/Clang vector extensions): every inner-loop operation is vertical (broadcast k_j[d]
+// times a vector of queries), with no horizontal reduction. The relative embeddings are stored
+// reversed, [D][R] with x = R-1-r, so that the N lanes' rows j - i are N contiguous entries. Keys are
+// visited in blocks of kKeyBlock with the online softmax of axial.h (in vector form): no L x L matrix
+// exists, only one block of N x kKeyBlock logits. The backward recomputes p from the saved log-sum-exp;
+// dk and dv gather per-lane partial sums over a line and reduce the lanes once at its end.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -26,87 +30,198 @@ namespace nas3d {
 namespace axial {
 namespace NAS3D_AXIAL_ISA {
 
-// exp for float logits <= 0 (s - max), branch-free so that loops over it vectorise: Cody-Waite range
-// reduction x = n ln2 + f, |f| <= ln2 / 2, Cephes' degree-7 polynomial (relative error ~1e-7 in
-// float32), 2^n built in the exponent bits. Inputs below -87 give ~1e-38 instead of 0 (negligible in a
-// softmax whose largest term is 1); NaN stays NaN.
-inline float cpu_exp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  float f = x - n * 0.693359375f;
+template <typename acc>
+struct VecT;
+template <>
+struct VecT<float> {
+  typedef float type __attribute__((vector_size(32)));
+  typedef int32_t itype __attribute__((vector_size(32)));
+  static constexpr int N = 8;
+};
+template <>
+struct VecT<double> {
+  typedef double type __attribute__((vector_size(32)));
+  static constexpr int N = 4;
+};
+
+template <typename acc>
+using vec_t = typename VecT<acc>::type;
+
+template <typename acc>
+inline vec_t<acc> load(const acc* p) {
+  vec_t<acc> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename acc>
+inline void store(acc* p, const vec_t<acc>& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+template <typename acc>
+inline vec_t<acc> splat(acc x) {
+  return vec_t<acc>{} + x;
+}
+template <typename acc>
+inline acc hsum(const vec_t<acc>& v) {
+  acc t = 0;
+  for (int l = 0; l < VecT<acc>::N; ++l) t += v[l];
+  return t;
+}
+
+// exp of float logits, eight lanes: Cody-Waite range reduction x = n ln2 + f, |f| <= ln2 / 2, Cephes'
+// polynomial (relative error ~1e-7), 2^n built in the exponent bits. Inputs below -87 (and -inf) give
+// ~1e-38 instead of 0: negligible in a softmax whose largest term is 1.
+inline vec_t<float> vexp(vec_t<float> x) {
+  using V = vec_t<float>;
+  using I = VecT<float>::itype;
+  const V lo = splat(-87.0f), hi = splat(88.0f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const V n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  V f = x - n * 0.693359375f;
   f = f + n * 2.12194440e-4f;
-  const float z = f * f;
-  float y = 1.9875691500e-4f;
-  y = y * f + 1.3981999507e-3f;
+  const V z = f * f;
+  V y = f * 1.9875691500e-4f + 1.3981999507e-3f;
   y = y * f + 8.3334519073e-3f;
   y = y * f + 4.1665795894e-2f;
   y = y * f + 1.6666665459e-1f;
   y = y * f + 5.0000001201e-1f;
   y = y * z + f + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float two_n;
+  const I bits = (__builtin_convertvector(n, I) + 127) << 23;
+  V two_n;
   std::memcpy(&two_n, &bits, sizeof(two_n));
   return y * two_n;
 }
-inline double cpu_exp(double x) { return std::exp(x); }
+inline vec_t<double> vexp(vec_t<double> x) {
+  for (int l = 0; l < 4; ++l) x[l] = std::exp(x[l]);
+  return x;
+}
+inline vec_t<float> vlog(vec_t<float> x) {
+  for (int l = 0; l < 8; ++l) x[l] = std::log(x[l]);
+  return x;
+}
+inline vec_t<double> vlog(vec_t<double> x) {
+  for (int l = 0; l < 4; ++l) x[l] = std::log(x[l]);
+  return x;
+}
 
 constexpr int64_t kKeyBlock = 128;
 
-// Relative embeddings in the accumulation type, prepared once per call (they are shared by every line).
+// Relative embeddings in the accumulation type, prepared once per call (shared by every line):
+// reversed and transposed, [D][R + N] with entry x = R-1-r of row r, zero past R (padding lanes).
 template <typename acc>
 struct Rel {
-  const acc* qT = nullptr;  // rel_q transposed [D][R]
-  const acc* kT = nullptr;  // rel_k * scale, transposed [D][R]
-  const acc* v = nullptr;   // rel_v [R][D] (forward)
-  const acc* vT = nullptr;  // rel_v transposed [D][R] (backward)
+  const acc* q = nullptr;
+  const acc* k = nullptr;  // times the scale
+  const acc* v = nullptr;
+  int64_t stride = 0;      // R + N
 };
 
-// Logits of query i (scaled, qi) against keys j0 .. j0 + nb: s[j] for one block.
-template <typename acc>
-inline void block_logits(const acc* __restrict__ qi, const acc* __restrict__ KT, const Rel<acc>& rel, int64_t L,
-                         int64_t D, int64_t R, int64_t i, int64_t j0, int64_t nb, acc* __restrict__ s) {
-  const int64_t r0 = rel_index(i, j0, L);
-  for (int64_t j = 0; j < nb; ++j) s[j] = 0;
+// A line's data in the accumulation type. Queries (q, grad, out) are [D][Lp] with Lp = L rounded up to N,
+// zero past L; keys and values (k, v) are [L][D].
+// Lines are processed in groups of up to kGroup lines adjacent along the last of the two other axes
+// (o2): for attention along X or Y their elements are neighbours in memory, so the group's gathers and
+// scatters read and write whole cache lines instead of one element per line.
+constexpr int64_t kGroup = 16;
+
+struct Group {
+  int64_t first;  // line index of the group's first line
+  int64_t count;  // lines in the group
+};
+
+inline int64_t num_groups(const Geometry& g) { return g.B * g.H * g.S1 * ((g.S2 + kGroup - 1) / kGroup); }
+
+inline Group group_at(const Geometry& g, int64_t gi) {
+  const int64_t per_row = (g.S2 + kGroup - 1) / kGroup;
+  const int64_t o2 = (gi % per_row) * kGroup;
+  return {(gi / per_row) * g.S2 + o2, std::min(kGroup, g.S2 - o2)};
+}
+
+// Group versions of gather_lanes / gather_rows: out holds `count` consecutive line buffers.
+template <typename scalar_t, typename acc>
+inline void gather_lanes_group(const scalar_t* p, const Strides& st, int64_t count, int64_t L, int64_t Lp, int64_t D,
+                               acc mul, acc* out) {
+  const int64_t line = D * Lp;
   for (int64_t d = 0; d < D; ++d) {
-    const acc qd = qi[d];
-    const acc* __restrict__ kt = KT + d * L + j0;
-    if (rel.qT != nullptr) {
-      const acc* __restrict__ rq = rel.qT + d * R + r0;
-      for (int64_t j = 0; j < nb; ++j) s[j] += qd * (kt[j] + rq[j]);
+    if (st.axis <= st.o2) {  // the line itself is the closer run in memory
+      for (int64_t t = 0; t < count; ++t)
+        for (int64_t i = 0; i < L; ++i)
+          out[t * line + d * Lp + i] = mul * static_cast<acc>(p[i * st.axis + d * st.c + t * st.o2]);
     } else {
-      for (int64_t j = 0; j < nb; ++j) s[j] += qd * kt[j];
+      for (int64_t i = 0; i < L; ++i) {
+        const scalar_t* src = p + i * st.axis + d * st.c;
+        for (int64_t t = 0; t < count; ++t) out[t * line + d * Lp + i] = mul * static_cast<acc>(src[t * st.o2]);
+      }
     }
-  }
-  if (rel.kT != nullptr) {
-    for (int64_t d = 0; d < D; ++d) {
-      const acc* __restrict__ kt = KT + d * L + j0;
-      const acc* __restrict__ rk = rel.kT + d * R + r0;
-      for (int64_t j = 0; j < nb; ++j) s[j] += kt[j] * rk[j];
-    }
+    for (int64_t t = 0; t < count; ++t)
+      for (int64_t i = L; i < Lp; ++i) out[t * line + d * Lp + i] = 0;
   }
 }
 
 template <typename scalar_t, typename acc>
-inline void gather_rows(const scalar_t* p, int64_t s_axis, int64_t s_c, int64_t L, int64_t D, acc mul, acc* out) {
-  for (int64_t i = 0; i < L; ++i)
-    for (int64_t d = 0; d < D; ++d) out[i * D + d] = mul * static_cast<acc>(p[i * s_axis + d * s_c]);
+inline void gather_rows_group(const scalar_t* p, const Strides& st, int64_t count, int64_t L, int64_t D, acc* out) {
+  const int64_t line = L * D;
+  for (int64_t d = 0; d < D; ++d) {
+    if (st.axis <= st.o2) {
+      for (int64_t t = 0; t < count; ++t)
+        for (int64_t j = 0; j < L; ++j) out[t * line + j * D + d] = static_cast<acc>(p[j * st.axis + d * st.c + t * st.o2]);
+    } else {
+      for (int64_t j = 0; j < L; ++j) {
+        const scalar_t* src = p + j * st.axis + d * st.c;
+        for (int64_t t = 0; t < count; ++t) out[t * line + j * D + d] = static_cast<acc>(src[t * st.o2]);
+      }
+    }
+  }
 }
 
+// Writes `count` line results held as [count][L][D] to their strided places.
 template <typename scalar_t, typename acc>
-inline void gather_cols(const scalar_t* p, int64_t s_axis, int64_t s_c, int64_t L, int64_t D, acc* out) {
-  for (int64_t d = 0; d < D; ++d)
-    for (int64_t j = 0; j < L; ++j) out[d * L + j] = static_cast<acc>(p[j * s_axis + d * s_c]);
+inline void scatter_group(const acc* buf, const Strides& st, int64_t count, int64_t L, int64_t D, scalar_t* p) {
+  const int64_t line = L * D;
+  for (int64_t d = 0; d < D; ++d) {
+    if (st.axis <= st.o2) {
+      for (int64_t t = 0; t < count; ++t)
+        for (int64_t i = 0; i < L; ++i) p[i * st.axis + d * st.c + t * st.o2] = static_cast<scalar_t>(buf[t * line + i * D + d]);
+    } else {
+      for (int64_t i = 0; i < L; ++i) {
+        scalar_t* dst = p + i * st.axis + d * st.c;
+        for (int64_t t = 0; t < count; ++t) dst[t * st.o2] = static_cast<scalar_t>(buf[t * line + i * D + d]);
+      }
+    }
+  }
+}
+
+// Logits of the N queries i0 .. i0+N-1 (QT: [D][Lp], scaled) against key j: s_ij of axial.h.
+template <typename acc>
+inline vec_t<acc> lane_logits(const acc* __restrict__ QT, int64_t Lp, const acc* __restrict__ kj, const Rel<acc>& rel,
+                              int64_t D, int64_t i0, int64_t x0) {
+  using V = vec_t<acc>;
+  V s = splat<acc>(0);
+  if (rel.q != nullptr) {
+    for (int64_t d = 0; d < D; ++d) s += load(QT + d * Lp + i0) * (kj[d] + load(rel.q + d * rel.stride + x0));
+  } else {
+    for (int64_t d = 0; d < D; ++d) s += load(QT + d * Lp + i0) * kj[d];
+  }
+  if (rel.k != nullptr) {
+    for (int64_t d = 0; d < D; ++d) s += kj[d] * load(rel.k + d * rel.stride + x0);
+  }
+  return s;
 }
 
 // Lines per parallel task: enough work (~L^2 D multiply-adds each) to amortise the task.
-inline int64_t line_grain(const Geometry& g) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, g.L * g.L * g.D)); }
+inline int64_t line_grain(const Geometry& g) {
+  return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, g.L * g.L * g.D));
+}
+
+inline int64_t round_up(int64_t x, int64_t n) { return (x + n - 1) / n * n; }
 
 template <typename scalar_t>
 void forward_typed(const Geometry& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const Rel<acc_t<scalar_t>>& rel, double scale_d, at::Tensor& out, at::Tensor& lse) {
   using acc = acc_t<scalar_t>;
-  const int64_t L = g.L, D = g.D, R = g.R();
+  using V = vec_t<acc>;
+  constexpr int N = VecT<acc>::N;
+  const int64_t L = g.L, D = g.D, Lp = round_up(L, N);
   const Strides sq(q, g.axis, g.d1, g.d2), sk(k, g.axis, g.d1, g.d2), sv(v, g.axis, g.d1, g.d2);
   const Strides so(out, g.axis, g.d1, g.d2);
   const scalar_t* qp = q.const_data_ptr<scalar_t>();
@@ -115,65 +230,85 @@ void forward_typed(const Geometry& g, const at::Tensor& q, const at::Tensor& k, 
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
   acc* lsep = lse.mutable_data_ptr<acc>();
   const acc scale = static_cast<acc>(scale_d);
-  at::parallel_for(0, g.lines(), line_grain(g), [&](int64_t n0, int64_t n1) {
-    std::vector<acc> Q(L * D), KT(D * L), V(L * D), sbuf(kKeyBlock), obuf(D);
-    acc* __restrict__ s = sbuf.data();
-    acc* __restrict__ o = obuf.data();
-    for (int64_t n = n0; n < n1; ++n) {
-      gather_rows(qp + g.base(n, sq), sq.axis, sq.c, L, D, scale, Q.data());
-      gather_cols(kp + g.base(n, sk), sk.axis, sk.c, L, D, KT.data());
-      gather_rows(vp + g.base(n, sv), sv.axis, sv.c, L, D, static_cast<acc>(1), V.data());
-      scalar_t* out_line = outp + g.base(n, so);
-      for (int64_t i = 0; i < L; ++i) {
-        const acc* qi = Q.data() + i * D;
-        OnlineSoftmax<acc> state{0, 0};
-        for (int64_t d = 0; d < D; ++d) o[d] = 0;
+  const int64_t grain = std::max<int64_t>(1, line_grain(g) / kGroup);
+  at::parallel_for(0, num_groups(g), grain, [&](int64_t g0, int64_t g1) {
+    std::vector<acc> QTg(kGroup * D * Lp), Kg(kGroup * L * D), Vg(kGroup * L * D), Og(kGroup * L * D);
+    // Vector buffers as plain arrays of acc (std::allocator ignores the vectors' alignment): load/store.
+    std::vector<acc> Sb(kKeyBlock * N), Ob(D * N);
+    acc* S = Sb.data();
+    acc* O = Ob.data();
+    for (int64_t gi = g0; gi < g1; ++gi) {
+      const Group grp = group_at(g, gi);
+      gather_lanes_group(qp + g.base(grp.first, sq), sq, grp.count, L, Lp, D, scale, QTg.data());
+      gather_rows_group(kp + g.base(grp.first, sk), sk, grp.count, L, D, Kg.data());
+      gather_rows_group(vp + g.base(grp.first, sv), sv, grp.count, L, D, Vg.data());
+      for (int64_t t_line = 0; t_line < grp.count; ++t_line) {
+      const int64_t n = grp.first + t_line;
+      const acc* QT = QTg.data() + t_line * D * Lp;
+      const acc* K = Kg.data() + t_line * L * D;
+      const acc* Vb = Vg.data() + t_line * L * D;
+      acc* out_line = Og.data() + t_line * L * D;
+      for (int64_t i0 = 0; i0 < L; i0 += N) {
+        // Online softmax per lane (the vector form of online_rescale in axial.h).
+        V m = splat<acc>(0), l = splat<acc>(0);
+        std::fill(Ob.begin(), Ob.end(), static_cast<acc>(0));
         for (int64_t j0 = 0; j0 < L; j0 += kKeyBlock) {
           const int64_t nb = std::min(kKeyBlock, L - j0);
-          block_logits(qi, KT.data(), rel, L, D, R, i, j0, nb, s);
-          acc bm = -std::numeric_limits<acc>::infinity();
-#pragma omp simd reduction(max : bm)
-          for (int64_t j = 0; j < nb; ++j) bm = s[j] > bm ? s[j] : bm;
-          const acc corr = online_rescale(state, bm, j0 == 0);
-          if (j0 > 0)
-            for (int64_t d = 0; d < D; ++d) o[d] *= corr;
-          const acc m = state.m;
-          for (int64_t j = 0; j < nb; ++j) s[j] = cpu_exp(s[j] - m);
-          acc sum = 0;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t j = 0; j < nb; ++j) sum += s[j];
-          state.l += sum;
+          V bm = splat(-std::numeric_limits<acc>::infinity());
           for (int64_t j = 0; j < nb; ++j) {
-            const acc pj = s[j];
-            const acc* __restrict__ vj = V.data() + (j0 + j) * D;
-            for (int64_t d = 0; d < D; ++d) o[d] += pj * vj[d];
+            const int64_t x0 = L - 1 - (j0 + j) + i0;  // reversed row of offset (j0 + j) - i0
+            const V sj = lane_logits(QT, Lp, K + (j0 + j) * D, rel, D, i0, x0);
+            store(S + j * N, sj);
+            bm = sj > bm ? sj : bm;
           }
-          if (rel.v != nullptr) {
-            const int64_t r0 = rel_index(i, j0, L);
-            for (int64_t j = 0; j < nb; ++j) {
-              const acc pj = s[j];
-              const acc* __restrict__ rv = rel.v + (r0 + j) * D;
-              for (int64_t d = 0; d < D; ++d) o[d] += pj * rv[d];
+          if (j0 == 0) {
+            m = bm;
+          } else {
+            const V m_new = bm > m ? bm : m;
+            const V corr = vexp(m - m_new);
+            l *= corr;
+            for (int64_t d = 0; d < D; ++d) store(O + d * N, load(O + d * N) * corr);
+            m = m_new;
+          }
+          for (int64_t j = 0; j < nb; ++j) {
+            const V p = vexp(load(S + j * N) - m);
+            l += p;
+            const acc* vj = Vb + (j0 + j) * D;
+            if (rel.v != nullptr) {
+              const int64_t x0 = L - 1 - (j0 + j) + i0;
+              for (int64_t d = 0; d < D; ++d)
+                store(O + d * N, load(O + d * N) + p * (vj[d] + load(rel.v + d * rel.stride + x0)));
+            } else {
+              for (int64_t d = 0; d < D; ++d) store(O + d * N, load(O + d * N) + p * vj[d]);
             }
           }
         }
-        const acc inv = static_cast<acc>(1) / state.l;
-        for (int64_t d = 0; d < D; ++d) out_line[i * so.axis + d * so.c] = static_cast<scalar_t>(o[d] * inv);
-        lsep[n * L + i] = online_lse(state);
+        const V inv = splat<acc>(1) / l;
+        const V lse_v = m + vlog(l);
+        const int64_t lanes = std::min<int64_t>(N, L - i0);
+        for (int64_t d = 0; d < D; ++d) {
+          const V o = load(O + d * N) * inv;
+          for (int64_t t = 0; t < lanes; ++t) out_line[(i0 + t) * D + d] = o[t];
+        }
+        for (int64_t t = 0; t < lanes; ++t) lsep[n * L + i0 + t] = lse_v[t];
       }
+      }
+      scatter_group(Og.data(), so, grp.count, L, D, outp + g.base(grp.first, so));
     }
   });
 }
 
-// Relative-embedding gradients: one [3][D][R] accumulator per chunk of lines (chunks fixed by the shapes,
-// not by the thread count, and summed in order afterwards: the result is deterministic).
+// Relative-embedding gradients: one [3][D][R + N] reversed accumulator per chunk of lines (chunks fixed
+// by the shapes, not by the thread count, and summed in order afterwards: the result is deterministic).
 template <typename scalar_t>
 void backward_typed(const Geometry& g, const at::Tensor& grad, const at::Tensor& q, const at::Tensor& k,
                     const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, const Rel<acc_t<scalar_t>>& rel,
                     double scale_d, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, acc_t<scalar_t>* drel,
                     int64_t chunks, bool need_drq, bool need_drk, bool need_drv) {
   using acc = acc_t<scalar_t>;
-  const int64_t L = g.L, D = g.D, R = g.R(), N = g.lines();
+  using V = vec_t<acc>;
+  constexpr int N = VecT<acc>::N;
+  const int64_t L = g.L, D = g.D, Lp = round_up(L, N), RS = rel.stride;
   const Strides sg(grad, g.axis, g.d1, g.d2), sq(q, g.axis, g.d1, g.d2), sk(k, g.axis, g.d1, g.d2);
   const Strides sv(v, g.axis, g.d1, g.d2), so(out, g.axis, g.d1, g.d2);
   const Strides sdq(dq, g.axis, g.d1, g.d2), sdk(dk, g.axis, g.d1, g.d2), sdv(dv, g.axis, g.d1, g.d2);
@@ -187,130 +322,131 @@ void backward_typed(const Geometry& g, const at::Tensor& grad, const at::Tensor&
   scalar_t* dkp = dk.mutable_data_ptr<scalar_t>();
   scalar_t* dvp = dv.mutable_data_ptr<scalar_t>();
   const acc scale = static_cast<acc>(scale_d);
+  const int64_t G_total = num_groups(g);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<acc> Q(L * D), KT(D * L), VT(D * L), G(L * D), O(L * D), dKT(D * L), dVT(D * L), delta(L);
-    std::vector<acc> sbuf(kKeyBlock), pbuf(kKeyBlock), dqbuf(D);
-    acc* __restrict__ s = sbuf.data();
-    acc* __restrict__ p = pbuf.data();
-    acc* __restrict__ dqi = dqbuf.data();
+    std::vector<acc> QTg(kGroup * D * Lp), GTg(kGroup * D * Lp), OTg(kGroup * D * Lp), Kg(kGroup * L * D),
+        Vg(kGroup * L * D), dQg(kGroup * L * D), dKg(kGroup * L * D), dVg(kGroup * L * D), lse_l(Lp), delta(Lp);
+    // Vector buffers as plain arrays of acc (std::allocator ignores the vectors' alignment): load/store.
+    std::vector<acc> dKb(L * D * N), dVb(L * D * N), dQb(D * N);
+    acc* dKl = dKb.data();
+    acc* dVl = dVb.data();
+    acc* dQ = dQb.data();
     for (int64_t c = c0; c < c1; ++c) {
-      acc* drqT = drel == nullptr ? nullptr : drel + (c * 3 + 0) * D * R;
-      acc* drkT = drel == nullptr ? nullptr : drel + (c * 3 + 1) * D * R;
-      acc* drvT = drel == nullptr ? nullptr : drel + (c * 3 + 2) * D * R;
-      for (int64_t n = c * N / chunks; n < (c + 1) * N / chunks; ++n) {
-        gather_rows(qp + g.base(n, sq), sq.axis, sq.c, L, D, scale, Q.data());
-        gather_cols(kp + g.base(n, sk), sk.axis, sk.c, L, D, KT.data());
-        gather_cols(vp + g.base(n, sv), sv.axis, sv.c, L, D, VT.data());
-        gather_rows(gp + g.base(n, sg), sg.axis, sg.c, L, D, static_cast<acc>(1), G.data());
-        gather_rows(op + g.base(n, so), so.axis, so.c, L, D, static_cast<acc>(1), O.data());
-        for (int64_t i = 0; i < L; ++i) {
+      acc* drq = drel == nullptr ? nullptr : drel + (c * 3 + 0) * D * RS;
+      acc* drk = drel == nullptr ? nullptr : drel + (c * 3 + 1) * D * RS;
+      acc* drv = drel == nullptr ? nullptr : drel + (c * 3 + 2) * D * RS;
+      for (int64_t gi = c * G_total / chunks; gi < (c + 1) * G_total / chunks; ++gi) {
+        const Group grp = group_at(g, gi);
+        gather_lanes_group(qp + g.base(grp.first, sq), sq, grp.count, L, Lp, D, scale, QTg.data());
+        gather_lanes_group(gp + g.base(grp.first, sg), sg, grp.count, L, Lp, D, static_cast<acc>(1), GTg.data());
+        gather_lanes_group(op + g.base(grp.first, so), so, grp.count, L, Lp, D, static_cast<acc>(1), OTg.data());
+        gather_rows_group(kp + g.base(grp.first, sk), sk, grp.count, L, D, Kg.data());
+        gather_rows_group(vp + g.base(grp.first, sv), sv, grp.count, L, D, Vg.data());
+        for (int64_t t_line = 0; t_line < grp.count; ++t_line) {
+        const int64_t n = grp.first + t_line;
+        const acc* QT = QTg.data() + t_line * D * Lp;
+        const acc* GT = GTg.data() + t_line * D * Lp;
+        const acc* OT = OTg.data() + t_line * D * Lp;
+        const acc* K = Kg.data() + t_line * L * D;
+        const acc* Vb = Vg.data() + t_line * L * D;
+        acc* dq_line = dQg.data() + t_line * L * D;
+        acc* dk_line = dKg.data() + t_line * L * D;
+        acc* dv_line = dVg.data() + t_line * L * D;
+        // delta_i = g_i . out_i; padding lanes get lse = delta = 0 and g = 0, so their ds and p g vanish.
+        for (int64_t i = 0; i < Lp; ++i) {
           acc t = 0;
-          for (int64_t d = 0; d < D; ++d) t += G[i * D + d] * O[i * D + d];
+          for (int64_t d = 0; d < D; ++d) t += GT[d * Lp + i] * OT[d * Lp + i];
           delta[i] = t;
+          lse_l[i] = i < L ? lsep[n * L + i] : 0;
         }
-        std::fill(dKT.begin(), dKT.end(), static_cast<acc>(0));
-        std::fill(dVT.begin(), dVT.end(), static_cast<acc>(0));
-        for (int64_t i = 0; i < L; ++i) {
-          const acc* __restrict__ qi = Q.data() + i * D;
-          const acc* __restrict__ gi = G.data() + i * D;
-          const acc lse_i = lsep[n * L + i];
-          const acc delta_i = delta[i];
-          for (int64_t d = 0; d < D; ++d) dqi[d] = 0;
-          for (int64_t j0 = 0; j0 < L; j0 += kKeyBlock) {
-            const int64_t nb = std::min(kKeyBlock, L - j0);
-            const int64_t r0 = rel_index(i, j0, L);
-            block_logits(qi, KT.data(), rel, L, D, R, i, j0, nb, s);
-            for (int64_t j = 0; j < nb; ++j) p[j] = cpu_exp(s[j] - lse_i);
-            // dp into s, then ds into s.
-            for (int64_t j = 0; j < nb; ++j) s[j] = 0;
-            for (int64_t d = 0; d < D; ++d) {
-              const acc gd = gi[d];
-              const acc* __restrict__ vt = VT.data() + d * L + j0;
-              if (rel.vT != nullptr) {
-                const acc* __restrict__ rv = rel.vT + d * R + r0;
-                for (int64_t j = 0; j < nb; ++j) s[j] += gd * (vt[j] + rv[j]);
-              } else {
-                for (int64_t j = 0; j < nb; ++j) s[j] += gd * vt[j];
-              }
-            }
-            for (int64_t j = 0; j < nb; ++j) s[j] = logit_grad(p[j], s[j], delta_i);
-            for (int64_t d = 0; d < D; ++d) {
-              const acc* __restrict__ kt = KT.data() + d * L + j0;
-              acc t = 0;
-              if (rel.qT != nullptr) {
-                const acc* __restrict__ rq = rel.qT + d * R + r0;
-#pragma omp simd reduction(+ : t)
-                for (int64_t j = 0; j < nb; ++j) t += s[j] * (kt[j] + rq[j]);
-              } else {
-#pragma omp simd reduction(+ : t)
-                for (int64_t j = 0; j < nb; ++j) t += s[j] * kt[j];
-              }
-              dqi[d] += t;
-              const acc qd = qi[d];
-              const acc gd = gi[d];
-              acc* __restrict__ dkt = dKT.data() + d * L + j0;
-              acc* __restrict__ dvt = dVT.data() + d * L + j0;
-              if (rel.kT != nullptr) {
-                const acc* __restrict__ rk = rel.kT + d * R + r0;
-                for (int64_t j = 0; j < nb; ++j) dkt[j] += s[j] * (qd + rk[j]);
-              } else {
-                for (int64_t j = 0; j < nb; ++j) dkt[j] += s[j] * qd;
-              }
-              for (int64_t j = 0; j < nb; ++j) dvt[j] += gd * p[j];
-              if (need_drq) {
-                acc* __restrict__ a = drqT + d * R + r0;
-                for (int64_t j = 0; j < nb; ++j) a[j] += s[j] * qd;
-              }
-              if (need_drk) {
-                acc* __restrict__ a = drkT + d * R + r0;
-                for (int64_t j = 0; j < nb; ++j) a[j] += s[j] * kt[j];
-              }
-              if (need_drv) {
-                acc* __restrict__ a = drvT + d * R + r0;
-                for (int64_t j = 0; j < nb; ++j) a[j] += gd * p[j];
-              }
-            }
-          }
-          scalar_t* dq_line = dqp + g.base(n, sdq);
-          for (int64_t d = 0; d < D; ++d) dq_line[i * sdq.axis + d * sdq.c] = static_cast<scalar_t>(scale * dqi[d]);
-        }
-        scalar_t* dk_line = dkp + g.base(n, sdk);
-        scalar_t* dv_line = dvp + g.base(n, sdv);
-        for (int64_t d = 0; d < D; ++d) {
+        std::fill(dKb.begin(), dKb.end(), static_cast<acc>(0));
+        std::fill(dVb.begin(), dVb.end(), static_cast<acc>(0));
+        for (int64_t i0 = 0; i0 < L; i0 += N) {
+          const V lse_v = load(lse_l.data() + i0), delta_v = load(delta.data() + i0);
+          std::fill(dQb.begin(), dQb.end(), static_cast<acc>(0));
           for (int64_t j = 0; j < L; ++j) {
-            dk_line[j * sdk.axis + d * sdk.c] = static_cast<scalar_t>(dKT[d * L + j]);
-            dv_line[j * sdv.axis + d * sdv.c] = static_cast<scalar_t>(dVT[d * L + j]);
+            const int64_t x0 = L - 1 - j + i0;
+            const acc* kj = K + j * D;
+            const acc* vj = Vb + j * D;
+            const V s = lane_logits(QT, Lp, kj, rel, D, i0, x0);
+            const V p = vexp(s - lse_v);  // prob_from_lse of axial.h
+            V dp = splat<acc>(0);
+            if (rel.v != nullptr) {
+              for (int64_t d = 0; d < D; ++d) dp += load(GT + d * Lp + i0) * (vj[d] + load(rel.v + d * RS + x0));
+            } else {
+              for (int64_t d = 0; d < D; ++d) dp += load(GT + d * Lp + i0) * vj[d];
+            }
+            const V ds = p * (dp - delta_v);  // logit_grad of axial.h
+            acc* dkj = dKl + j * D * N;
+            acc* dvj = dVl + j * D * N;
+            for (int64_t d = 0; d < D; ++d) {
+              const V qd = load(QT + d * Lp + i0);
+              const V gd = load(GT + d * Lp + i0);
+              if (rel.q != nullptr) {
+                store(dQ + d * N, load(dQ + d * N) + ds * (kj[d] + load(rel.q + d * RS + x0)));
+              } else {
+                store(dQ + d * N, load(dQ + d * N) + ds * kj[d]);
+              }
+              if (rel.k != nullptr) {
+                store(dkj + d * N, load(dkj + d * N) + ds * (qd + load(rel.k + d * RS + x0)));
+              } else {
+                store(dkj + d * N, load(dkj + d * N) + ds * qd);
+              }
+              store(dvj + d * N, load(dvj + d * N) + p * gd);
+              if (need_drq) store(drq + d * RS + x0, load(drq + d * RS + x0) + ds * qd);
+              if (need_drk) store(drk + d * RS + x0, load(drk + d * RS + x0) + ds * kj[d]);
+              if (need_drv) store(drv + d * RS + x0, load(drv + d * RS + x0) + p * gd);
+            }
+          }
+          const int64_t lanes = std::min<int64_t>(N, L - i0);
+          for (int64_t d = 0; d < D; ++d)
+            for (int64_t t = 0; t < lanes; ++t) dq_line[(i0 + t) * D + d] = scale * dQ[d * N + t];
+        }
+        for (int64_t j = 0; j < L; ++j) {
+          for (int64_t d = 0; d < D; ++d) {
+            dk_line[j * D + d] = hsum<acc>(load(dKl + (j * D + d) * N));
+            dv_line[j * D + d] = hsum<acc>(load(dVl + (j * D + d) * N));
           }
         }
+        }
+        scatter_group(dQg.data(), sdq, grp.count, L, D, dqp + g.base(grp.first, sdq));
+        scatter_group(dKg.data(), sdk, grp.count, L, D, dkp + g.base(grp.first, sdk));
+        scatter_group(dVg.data(), sdv, grp.count, L, D, dvp + g.base(grp.first, sdv));
       }
     }
   });
 }
 
 // Entry points of this ISA (dtype dispatch inside, so the dispatched lambdas take the ISA too).
+// rq, rk, rv: the reversed [D][R + pad] tables (undefined when absent); pad >= 8.
 inline void forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                     const at::Tensor& rq, const at::Tensor& rk, const at::Tensor& rv, double scale, at::Tensor& out,
                     at::Tensor& lse) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "axial_attention_cpu", [&] {
     using acc = acc_t<scalar_t>;
     Rel<acc> rel;
-    rel.qT = rq.defined() ? rq.const_data_ptr<acc>() : nullptr;
-    rel.kT = rk.defined() ? rk.const_data_ptr<acc>() : nullptr;
+    rel.q = rq.defined() ? rq.const_data_ptr<acc>() : nullptr;
+    rel.k = rk.defined() ? rk.const_data_ptr<acc>() : nullptr;
     rel.v = rv.defined() ? rv.const_data_ptr<acc>() : nullptr;
+    for (const at::Tensor* t : {&rq, &rk, &rv})
+      if (t->defined()) rel.stride = t->size(1);
     forward_typed<scalar_t>(g, q, k, v, rel, scale, out, lse);
   });
 }
 
 inline void backward(const Geometry& g, const at::Tensor& grad, const at::Tensor& q, const at::Tensor& k,
                      const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& rq,
-                     const at::Tensor& rk, const at::Tensor& rvT, double scale, at::Tensor& dq, at::Tensor& dk,
+                     const at::Tensor& rk, const at::Tensor& rv, double scale, at::Tensor& dq, at::Tensor& dk,
                      at::Tensor& dv, at::Tensor& drel, int64_t chunks, bool need_drq, bool need_drk, bool need_drv) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "axial_attention_backward_cpu", [&] {
     using acc = acc_t<scalar_t>;
     Rel<acc> rel;
-    rel.qT = rq.defined() ? rq.const_data_ptr<acc>() : nullptr;
-    rel.kT = rk.defined() ? rk.const_data_ptr<acc>() : nullptr;
-    rel.vT = rvT.defined() ? rvT.const_data_ptr<acc>() : nullptr;
+    rel.q = rq.defined() ? rq.const_data_ptr<acc>() : nullptr;
+    rel.k = rk.defined() ? rk.const_data_ptr<acc>() : nullptr;
+    rel.v = rv.defined() ? rv.const_data_ptr<acc>() : nullptr;
+    for (const at::Tensor* t : {&rq, &rk, &rv})
+      if (t->defined()) rel.stride = t->size(1);
+    if (drel.defined()) rel.stride = drel.size(3);
     acc* drelp = drel.defined() ? drel.mutable_data_ptr<acc>() : nullptr;
     backward_typed<scalar_t>(g, grad, q, k, v, out, lse, rel, scale, dq, dk, dv, drelp, chunks, need_drq, need_drk,
                              need_drv);
