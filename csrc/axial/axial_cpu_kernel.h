@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "axial.h"
@@ -215,13 +216,15 @@ inline int64_t line_grain(const Geometry& g) {
 
 inline int64_t round_up(int64_t x, int64_t n) { return (x + n - 1) / n * n; }
 
-template <typename scalar_t>
+// DC: the head dim as a compile-time constant (8, 16, 32 or 64: loops over d unroll and accumulators
+// stay in registers), or 0 for any head dim.
+template <typename scalar_t, int DC>
 void forward_typed(const Geometry& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const Rel<acc_t<scalar_t>>& rel, double scale_d, at::Tensor& out, at::Tensor& lse) {
   using acc = acc_t<scalar_t>;
   using V = vec_t<acc>;
   constexpr int N = VecT<acc>::N;
-  const int64_t L = g.L, D = g.D, Lp = round_up(L, N);
+  const int64_t L = g.L, D = DC > 0 ? DC : g.D, Lp = round_up(L, N);
   const Strides sq(q, g.axis, g.d1, g.d2), sk(k, g.axis, g.d1, g.d2), sv(v, g.axis, g.d1, g.d2);
   const Strides so(out, g.axis, g.d1, g.d2);
   const scalar_t* qp = q.const_data_ptr<scalar_t>();
@@ -300,7 +303,7 @@ void forward_typed(const Geometry& g, const at::Tensor& q, const at::Tensor& k, 
 
 // Relative-embedding gradients: one [3][D][R + N] reversed accumulator per chunk of lines (chunks fixed
 // by the shapes, not by the thread count, and summed in order afterwards: the result is deterministic).
-template <typename scalar_t>
+template <typename scalar_t, int DC>
 void backward_typed(const Geometry& g, const at::Tensor& grad, const at::Tensor& q, const at::Tensor& k,
                     const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, const Rel<acc_t<scalar_t>>& rel,
                     double scale_d, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, acc_t<scalar_t>* drel,
@@ -308,7 +311,7 @@ void backward_typed(const Geometry& g, const at::Tensor& grad, const at::Tensor&
   using acc = acc_t<scalar_t>;
   using V = vec_t<acc>;
   constexpr int N = VecT<acc>::N;
-  const int64_t L = g.L, D = g.D, Lp = round_up(L, N), RS = rel.stride;
+  const int64_t L = g.L, D = DC > 0 ? DC : g.D, Lp = round_up(L, N), RS = rel.stride;
   const Strides sg(grad, g.axis, g.d1, g.d2), sq(q, g.axis, g.d1, g.d2), sk(k, g.axis, g.d1, g.d2);
   const Strides sv(v, g.axis, g.d1, g.d2), so(out, g.axis, g.d1, g.d2);
   const Strides sdq(dq, g.axis, g.d1, g.d2), sdk(dk, g.axis, g.d1, g.d2), sdv(dv, g.axis, g.d1, g.d2);
@@ -323,7 +326,10 @@ void backward_typed(const Geometry& g, const at::Tensor& grad, const at::Tensor&
   scalar_t* dvp = dv.mutable_data_ptr<scalar_t>();
   const acc scale = static_cast<acc>(scale_d);
   const int64_t G_total = num_groups(g);
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+  // Chunks per task: at least ~4 line_grain()s of work (waking a thread costs more than a small chunk).
+  const int64_t lines_per_chunk = std::max<int64_t>(1, g.lines() / chunks);
+  const int64_t grain = std::max<int64_t>(1, 4 * line_grain(g) / lines_per_chunk);
+  at::parallel_for(0, chunks, grain, [&](int64_t c0, int64_t c1) {
     std::vector<acc> QTg(kGroup * D * Lp), GTg(kGroup * D * Lp), OTg(kGroup * D * Lp), Kg(kGroup * L * D),
         Vg(kGroup * L * D), dQg(kGroup * L * D), dKg(kGroup * L * D), dVg(kGroup * L * D), lse_l(Lp), delta(Lp);
     // Vector buffers as plain arrays of acc (std::allocator ignores the vectors' alignment): load/store.
@@ -430,10 +436,21 @@ inline void forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k,
     rel.v = rv.defined() ? rv.const_data_ptr<acc>() : nullptr;
     for (const at::Tensor* t : {&rq, &rk, &rv})
       if (t->defined()) rel.stride = t->size(1);
-    forward_typed<scalar_t>(g, q, k, v, rel, scale, out, lse);
+    // Half and bfloat16 run the any-head-dim kernels only (build time).
+    const bool specialise = std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>;
+    switch (specialise ? g.D : 0) {
+      case 8: forward_typed<scalar_t, 8>(g, q, k, v, rel, scale, out, lse); break;
+      case 16: forward_typed<scalar_t, 16>(g, q, k, v, rel, scale, out, lse); break;
+      case 32: forward_typed<scalar_t, 32>(g, q, k, v, rel, scale, out, lse); break;
+      case 64: forward_typed<scalar_t, 64>(g, q, k, v, rel, scale, out, lse); break;
+      default: forward_typed<scalar_t, 0>(g, q, k, v, rel, scale, out, lse);
+    }
   });
 }
 
+#define NAS3D_AXIAL_BWD(DC)                                                                                   \
+  backward_typed<scalar_t, DC>(g, grad, q, k, v, out, lse, rel, scale, dq, dk, dv, drelp, chunks, need_drq, need_drk, \
+                               need_drv)
 inline void backward(const Geometry& g, const at::Tensor& grad, const at::Tensor& q, const at::Tensor& k,
                      const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& rq,
                      const at::Tensor& rk, const at::Tensor& rv, double scale, at::Tensor& dq, at::Tensor& dk,
@@ -448,10 +465,18 @@ inline void backward(const Geometry& g, const at::Tensor& grad, const at::Tensor
       if (t->defined()) rel.stride = t->size(1);
     if (drel.defined()) rel.stride = drel.size(3);
     acc* drelp = drel.defined() ? drel.mutable_data_ptr<acc>() : nullptr;
-    backward_typed<scalar_t>(g, grad, q, k, v, out, lse, rel, scale, dq, dk, dv, drelp, chunks, need_drq, need_drk,
-                             need_drv);
+    const bool specialise = std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>;
+    switch (specialise ? g.D : 0) {
+      case 8: NAS3D_AXIAL_BWD(8); break;
+      case 16: NAS3D_AXIAL_BWD(16); break;
+      case 32: NAS3D_AXIAL_BWD(32); break;
+      case 64: NAS3D_AXIAL_BWD(64); break;
+      default: NAS3D_AXIAL_BWD(0);
+    }
   });
 }
+
+#undef NAS3D_AXIAL_BWD
 
 }  // namespace NAS3D_AXIAL_ISA
 }  // namespace axial
