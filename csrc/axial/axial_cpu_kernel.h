@@ -209,6 +209,93 @@ inline vec_t<acc> lane_logits(const acc* __restrict__ QT, int64_t Lp, const acc*
   return s;
 }
 
+// The tiles of N queries without relative terms for a compile-time head dim: the queries' vectors and
+// the accumulators live in local arrays (registers or stack), free of aliasing with the line buffers.
+template <typename acc, int DC>
+inline void forward_tile_fixed(const acc* __restrict__ QT, int64_t Lp, const acc* __restrict__ K,
+                               const acc* __restrict__ Vb, int64_t L, int64_t i0, acc* __restrict__ S,
+                               acc* __restrict__ out_line, acc* __restrict__ lse_line) {
+  using V = vec_t<acc>;
+  constexpr int N = VecT<acc>::N;
+  V qv[DC], o[DC];
+  for (int d = 0; d < DC; ++d) {
+    qv[d] = load(QT + d * Lp + i0);
+    o[d] = splat<acc>(0);
+  }
+  V m = splat<acc>(0), l = splat<acc>(0);
+  for (int64_t j0 = 0; j0 < L; j0 += kKeyBlock) {
+    const int64_t nb = std::min(kKeyBlock, L - j0);
+    V bm = splat(-std::numeric_limits<acc>::infinity());
+    for (int64_t j = 0; j < nb; ++j) {
+      const acc* kj = K + (j0 + j) * DC;
+      V sj = splat<acc>(0);
+      for (int d = 0; d < DC; ++d) sj += qv[d] * kj[d];
+      store(S + j * N, sj);
+      bm = sj > bm ? sj : bm;
+    }
+    if (j0 == 0) {
+      m = bm;
+    } else {  // online_rescale of axial.h, per lane
+      const V m_new = bm > m ? bm : m;
+      const V corr = vexp(m - m_new);
+      l *= corr;
+      for (int d = 0; d < DC; ++d) o[d] *= corr;
+      m = m_new;
+    }
+    for (int64_t j = 0; j < nb; ++j) {
+      const V p = vexp(load(S + j * N) - m);
+      l += p;
+      const acc* vj = Vb + (j0 + j) * DC;
+      for (int d = 0; d < DC; ++d) o[d] += p * vj[d];
+    }
+  }
+  const V inv = splat<acc>(1) / l;
+  const V lse_v = m + vlog(l);
+  const int64_t lanes = std::min<int64_t>(N, L - i0);
+  for (int d = 0; d < DC; ++d) {
+    const V od = o[d] * inv;
+    for (int64_t t = 0; t < lanes; ++t) out_line[(i0 + t) * DC + d] = od[t];
+  }
+  for (int64_t t = 0; t < lanes; ++t) lse_line[i0 + t] = lse_v[t];
+}
+
+template <typename acc, int DC>
+inline void backward_tile_fixed(const acc* __restrict__ QT, const acc* __restrict__ GT, int64_t Lp,
+                                const acc* __restrict__ K, const acc* __restrict__ Vb, int64_t L, int64_t i0,
+                                const acc* lse_l, const acc* delta, acc scale, acc* __restrict__ dKl,
+                                acc* __restrict__ dVl, acc* __restrict__ dq_line) {
+  using V = vec_t<acc>;
+  constexpr int N = VecT<acc>::N;
+  V qv[DC], gv[DC], dq[DC];
+  for (int d = 0; d < DC; ++d) {
+    qv[d] = load(QT + d * Lp + i0);
+    gv[d] = load(GT + d * Lp + i0);
+    dq[d] = splat<acc>(0);
+  }
+  const V lse_v = load(lse_l + i0), delta_v = load(delta + i0);
+  for (int64_t j = 0; j < L; ++j) {
+    const acc* kj = K + j * DC;
+    const acc* vj = Vb + j * DC;
+    V s = splat<acc>(0), dp = splat<acc>(0);
+    for (int d = 0; d < DC; ++d) {
+      s += qv[d] * kj[d];
+      dp += gv[d] * vj[d];
+    }
+    const V p = vexp(s - lse_v);       // prob_from_lse of axial.h
+    const V ds = p * (dp - delta_v);  // logit_grad of axial.h
+    acc* dkj = dKl + j * DC * N;
+    acc* dvj = dVl + j * DC * N;
+    for (int d = 0; d < DC; ++d) {
+      dq[d] += ds * kj[d];
+      store(dkj + d * N, load(dkj + d * N) + ds * qv[d]);
+      store(dvj + d * N, load(dvj + d * N) + p * gv[d]);
+    }
+  }
+  const int64_t lanes = std::min<int64_t>(N, L - i0);
+  for (int d = 0; d < DC; ++d)
+    for (int64_t t = 0; t < lanes; ++t) dq_line[(i0 + t) * DC + d] = scale * dq[d][t];
+}
+
 // Lines per parallel task: enough work (~L^2 D multiply-adds each) to amortise the task.
 inline int64_t line_grain(const Geometry& g) {
   return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, g.L * g.L * g.D));
@@ -252,6 +339,12 @@ void forward_typed(const Geometry& g, const at::Tensor& q, const at::Tensor& k, 
       const acc* Vb = Vg.data() + t_line * L * D;
       acc* out_line = Og.data() + t_line * L * D;
       for (int64_t i0 = 0; i0 < L; i0 += N) {
+        if constexpr (DC > 0) {
+          if (rel.q == nullptr && rel.k == nullptr && rel.v == nullptr) {
+            forward_tile_fixed<acc, DC>(QT, Lp, K, Vb, L, i0, S, out_line, lsep + n * L);
+            continue;
+          }
+        }
         // Online softmax per lane (the vector form of online_rescale in axial.h).
         V m = splat<acc>(0), l = splat<acc>(0);
         std::fill(Ob.begin(), Ob.end(), static_cast<acc>(0));
@@ -368,6 +461,13 @@ void backward_typed(const Geometry& g, const at::Tensor& grad, const at::Tensor&
         std::fill(dKb.begin(), dKb.end(), static_cast<acc>(0));
         std::fill(dVb.begin(), dVb.end(), static_cast<acc>(0));
         for (int64_t i0 = 0; i0 < L; i0 += N) {
+          if constexpr (DC > 0) {
+            if (drel == nullptr && rel.q == nullptr && rel.k == nullptr && rel.v == nullptr) {
+              backward_tile_fixed<acc, DC>(QT, GT, Lp, K, Vb, L, i0, lse_l.data(), delta.data(), scale, dKl, dVl,
+                                           dq_line);
+              continue;
+            }
+          }
           const V lse_v = load(lse_l.data() + i0), delta_v = load(delta.data() + i0);
           std::fill(dQb.begin(), dQb.end(), static_cast<acc>(0));
           for (int64_t j = 0; j < L; ++j) {
