@@ -214,7 +214,8 @@ def test_float32_long_line_and_large_logits():
 def test_default_scale_and_negative_axis():
     x = make_inputs(torch.float64, "cpu", rels=())
     a = axial_attention(x["q"], x["k"], x["v"], -2, 2)
-    b = axial_attention(x["q"], x["k"], x["v"], 3, 2, scale=8**-0.5)
+    head_dim = x["q"].shape[1] // 2
+    b = axial_attention(x["q"], x["k"], x["v"], 3, 2, scale=head_dim**-0.5)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -255,8 +256,8 @@ def test_generic_isa_equals_avx2():
         subprocess.run([sys.executable, "-c", script, path], check=True, env=env)
         results.append(torch.load(path))
         os.unlink(path)
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for a, b in zip(*results):  # float32 sums in another order (FMA or not): relative 1e-4 of grads ~10
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_low_precision_output_dtype_and_lse():
@@ -265,4 +266,5 @@ def test_low_precision_output_dtype_and_lse():
     assert out.dtype == torch.bfloat16 and out.is_contiguous()
     if nas3d_fast.backends()["cpu"].usable:
         _, lse = torch.ops.nas3d.axial_attention(x["q"], x["k"], x["v"], 3, 2, 0.35)
-        assert lse.dtype == torch.float32 and lse.shape == (2, 2, 5, 7, 6)
+        # (B, heads, X, Z, L = Y) for q (1, 8, 2, 5, 2) along Y
+        assert lse.dtype == torch.float32 and lse.shape == (1, 2, 2, 2, 5)
