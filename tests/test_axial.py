@@ -179,21 +179,26 @@ def test_qkv_slices_and_channels_last_equal_contiguous(backend):
             torch.testing.assert_close(g_qkv, torch.cat(g_copies, dim=1), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("positional", [True, False], ids=["positional", "plain"])
 @pytest.mark.parametrize("L", [40, 300, 513])
-def test_long_line_online_softmax(L):
-    """Lines longer than one key block (cpu: 128, triton: 32) rescale the running softmax."""
+def test_long_line_online_softmax(L, positional):
+    """Lines longer than one key block (cpu: 128, triton: 32) rescale the running softmax; head_dim 8
+    (plain: the cpu kernels' compile-time fast path) and 2 (positional)."""
     gen = torch.Generator().manual_seed(0)
     lines = 1 if L < 128 else 2
-    q, k, v = (torch.randn(1, 4, lines, 1, L, generator=gen, dtype=torch.float64) * 3 for _ in range(3))
+    C, D = (4, 2) if positional else (16, 8)
+    q, k, v = (torch.randn(1, C, lines, 1, L, generator=gen, dtype=torch.float64) * 3 for _ in range(3))
     q, k, v = (t.requires_grad_(True) for t in (q, k, v))
-    rel = torch.randn(2 * L - 1, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    rel = torch.randn(2 * L - 1, D, generator=gen, dtype=torch.float64, requires_grad=True)
+    rels = dict(rel_q=rel, rel_k=rel, rel_v=rel) if positional else {}
+    names = ("q", "k", "v", "rel") if positional else ("q", "k", "v")
     outs = {}
     for backend in _backends_here():
         if backend == "triton" and L > 128:
             continue  # the Triton interpreter would take minutes; L = 40 covers its multi-block path
         with forced_backend(backend):
-            out = axial_attention(q, k, v, 4, 2, rel_q=rel, rel_k=rel, rel_v=rel)
-        outs[backend] = (out, _grads(out, {"q": q, "k": k, "v": v, "rel": rel}, ("q", "k", "v", "rel")))
+            out = axial_attention(q, k, v, 4, 2, **rels)
+        outs[backend] = (out, _grads(out, {"q": q, "k": k, "v": v, "rel": rel}, names))
     want, want_g = outs.pop("reference")
     for backend, (out, g) in outs.items():
         torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10, msg=lambda m: f"{backend}: {m}")
