@@ -69,20 +69,24 @@ def opchecks(make):
     return {"cpu": compiled, "cuda": compiled, "triton": triton}
 
 
+HEADS_MSG = "num_heads must be a positive integer dividing the channels C = 8"
+REL_MSG = "rel_q must have shape \\(2L-1, head_dim\\) = \\(9, 4\\)"
+
+
 def bad_inputs(device):
     good = make_inputs(torch.float32, device)
     q = good["q"]
     return [
         ("rank", {**good, "q": q[0]}, ValueError, "q must have 5 dimensions"),
         ("int", {**good, "q": q.long()}, ValueError, "q must have dtype"),
-        ("heads", {**good, "num_heads": 3}, ValueError, "num_heads must be a positive integer dividing the channels C = 8"),
+        ("heads", {**good, "num_heads": 3}, ValueError, HEADS_MSG),
         ("heads zero", {**good, "num_heads": 0}, ValueError, "num_heads must be"),
         ("axis 1", {**good, "axis": 1}, ValueError, "axis must be 2, 3 or 4"),
         ("axis 5", {**good, "axis": 5}, ValueError, "axis must be 2, 3 or 4"),
         ("k shape", {**good, "k": good["k"][:, :4]}, ValueError, "k must have the shape of q"),
         ("v dtype", {**good, "v": good["v"].double()}, ValueError, "v must have the dtype of q"),
         ("k device", {**good, "k": good["k"].to("meta")}, ValueError, "k must be on the device of q"),
-        ("rel length", {**good, "rel_q": good["rel_q"][:-1]}, ValueError, "rel_q must have shape \\(2L-1, head_dim\\) = \\(9, 4\\)"),
+        ("rel length", {**good, "rel_q": good["rel_q"][:-1]}, ValueError, REL_MSG),
         ("rel dim", {**good, "rel_k": good["rel_k"][:, :2]}, ValueError, "rel_k must have shape"),
         ("rel dtype", {**good, "rel_v": good["rel_v"].double()}, ValueError, "rel_v must have the dtype of q"),
         ("rel device", {**good, "rel_v": good["rel_v"].to("meta")}, ValueError, "rel_v must be on the device of q"),

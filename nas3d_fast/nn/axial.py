@@ -31,7 +31,9 @@ class AxialAttention3d(nn.Module):
     Shapes: input (B, C, X, Y, Z), output the same.
     """
 
-    def __init__(self, channels: int, num_heads: int, order: str = "xyz", positional: bool = True, *, max_length: int = 64):
+    def __init__(
+        self, channels: int, num_heads: int, order: str = "xyz", positional: bool = True, *, max_length: int = 64
+    ):
         super().__init__()
         if not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels must be a positive integer, got {channels!r}")
