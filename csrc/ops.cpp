@@ -42,4 +42,16 @@ TORCH_LIBRARY(nas3d, m) {
   // window_stitch: out[b, :, z:z+rd, y:y+rh, x:x+rw] += weight * pred[n] for n = 0..N-1 in order
   // (deterministic); out (B, C, D, H, W) contiguous, pred (N, C, rd, rh, rw), weight (rd, rh, rw).
   m.def("window_stitch(Tensor(a!) out, Tensor pred, Tensor weight, Tensor starts) -> ()");
+
+  // Axial attention (csrc/axial/axial.h): q, k, v (B, C, X, Y, Z) strided views, attention along `axis`
+  // per line and head; returns out (B, C, X, Y, Z) contiguous and the log-sum-exp (B, heads, S1, S2, L) in
+  // float32 (float64 for float64 inputs) that the backward recomputes the probabilities from. Absent
+  // relative embeddings get empty (0,) gradients.
+  m.def(
+      "axial_attention(Tensor q, Tensor k, Tensor v, int axis, int num_heads, float scale, Tensor? rel_q=None, "
+      "Tensor? rel_k=None, Tensor? rel_v=None) -> (Tensor, Tensor)");
+  m.def(
+      "axial_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int axis, "
+      "int num_heads, float scale, Tensor? rel_q=None, Tensor? rel_k=None, Tensor? rel_v=None) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -4,7 +4,8 @@ They are the ground truth the cpu, cuda and triton backends are tested against, 
 no compiled backend can run.
 """
 
+from .axial import axial_attention
 from .gumbel import gumbel_topk
 from .window import window_gather, window_stitch
 
-__all__ = ["gumbel_topk", "window_gather", "window_stitch"]
+__all__ = ["axial_attention", "gumbel_topk", "window_gather", "window_stitch"]

@@ -1,0 +1,279 @@
+"""axial_attention: every backend against the reference (through the op harness), strided and
+channels-last views, long lines (online softmax across key blocks), both CPU instruction sets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from harness import OpSpec, OpTests, forced_backend
+
+import nas3d_fast
+from nas3d_fast.ops import axial_attention
+
+REL_NAMES = ("rel_q", "rel_k", "rel_v")
+# The relative-embedding gradients sum over every line, head and batch entry (hundreds of terms): in
+# float32 two summation orders differ by more than the harness's default 1e-6.
+TOLERANCES = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5)}
+
+
+# Small volumes: the triton backend runs through the Triton interpreter (one Python pass per program).
+def make_inputs(
+    dtype, device, contiguous=True, seed=0, shape=(1, 8, 2, 5, 2), heads=2, axis=3, rels=REL_NAMES
+):
+    """q, k, v of ``shape``; with contiguous=False they are three channel slices of one channels-last
+    qkv tensor (what a qkv convolution gives), read in place by the kernels."""
+    gen = torch.Generator().manual_seed(seed)
+    B, C, *spatial = shape
+    qkv = torch.randn(B, 3 * C, *spatial, generator=gen, dtype=torch.float64)
+    qkv = qkv.to(device=device, dtype=dtype)
+    if not contiguous:
+        qkv = qkv.to(memory_format=torch.channels_last_3d)
+    q, k, v = (t.requires_grad_(True) for t in qkv.detach().split(C, dim=1))
+    if contiguous:
+        q, k, v = (t.detach().contiguous().requires_grad_(True) for t in (q, k, v))
+    L, D = spatial[axis - 2], C // heads
+    inputs = {"q": q, "k": k, "v": v, "axis": axis, "num_heads": heads}
+    for name in rels:
+        rel = 0.5 * torch.randn(2 * L - 1, D, generator=gen, dtype=torch.float64)
+        inputs[name] = rel.to(device=device, dtype=dtype).requires_grad_(True)
+    return inputs
+
+
+def call(inputs):
+    return axial_attention(**inputs)
+
+
+def opchecks(make):
+    def compiled(device):
+        x = make(dtype=torch.float32, device=device)
+        args = (x["q"], x["k"], x["v"], x["axis"], x["num_heads"], 0.3, x.get("rel_q"), x.get("rel_k"), x.get("rel_v"))
+        out, lse = torch.ops.nas3d.axial_attention(*[a.detach() if isinstance(a, torch.Tensor) else a for a in args])
+        grad = torch.randn_like(out)
+        plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+        return [
+            (torch.ops.nas3d.axial_attention.default, args),
+            (torch.ops.nas3d.axial_attention_backward.default, (grad, *plain[:3], out, lse, *plain[3:])),
+        ]
+
+    def triton(device):
+        from nas3d_fast.kernels.triton import axial as triton_axial  # noqa: F401  (registers the ops)
+
+        x = make(dtype=torch.float32, device=device)
+        args = (x["q"], x["k"], x["v"], x["axis"], x["num_heads"], 0.3, x.get("rel_q"), x.get("rel_k"), x.get("rel_v"))
+        return [(torch.ops.nas3d.axial_attention_triton.default, args)]
+
+    return {"cpu": compiled, "cuda": compiled, "triton": triton}
+
+
+HEADS_MSG = "num_heads must be a positive integer dividing the channels C = 8"
+REL_MSG = "rel_q must have shape \\(2L-1, head_dim\\) = \\(9, 4\\)"
+
+
+def bad_inputs(device):
+    good = make_inputs(torch.float32, device)
+    q = good["q"]
+    return [
+        ("rank", {**good, "q": q[0]}, ValueError, "q must have 5 dimensions"),
+        ("int", {**good, "q": q.long()}, ValueError, "q must have dtype"),
+        ("heads", {**good, "num_heads": 3}, ValueError, HEADS_MSG),
+        ("heads zero", {**good, "num_heads": 0}, ValueError, "num_heads must be"),
+        ("axis 1", {**good, "axis": 1}, ValueError, "axis must be 2, 3 or 4"),
+        ("axis 5", {**good, "axis": 5}, ValueError, "axis must be 2, 3 or 4"),
+        ("k shape", {**good, "k": good["k"][:, :4]}, ValueError, "k must have the shape of q"),
+        ("v dtype", {**good, "v": good["v"].double()}, ValueError, "v must have the dtype of q"),
+        ("k device", {**good, "k": good["k"].to("meta")}, ValueError, "k must be on the device of q"),
+        ("rel length", {**good, "rel_q": good["rel_q"][:-1]}, ValueError, REL_MSG),
+        ("rel dim", {**good, "rel_k": good["rel_k"][:, :2]}, ValueError, "rel_k must have shape"),
+        ("rel dtype", {**good, "rel_v": good["rel_v"].double()}, ValueError, "rel_v must have the dtype of q"),
+        ("rel device", {**good, "rel_v": good["rel_v"].to("meta")}, ValueError, "rel_v must be on the device of q"),
+        ("empty", {**good, "q": q[:0], "k": good["k"][:0], "v": good["v"][:0]}, ValueError, "q must not be empty"),
+        ("scale", {**good, "scale": float("nan")}, ValueError, "scale must be a finite number"),
+    ]
+
+
+class TestAxialPositional(OpTests):
+    """All three relative embeddings, along Y, head_dim 4."""
+
+    spec = OpSpec(
+        name="axial_attention(positional, axis=3)",
+        call=call,
+        make_inputs=make_inputs,
+        grad_inputs=("q", "k", "v", *REL_NAMES),
+        float_outputs=(0,),
+        opchecks=opchecks(make_inputs),
+        bad_inputs=bad_inputs,
+        tolerances=dict(TOLERANCES),
+    )
+
+
+def _plain(**kw):
+    return make_inputs(**kw, shape=(1, 16, 9, 2, 1), heads=2, axis=2, rels=())
+
+
+class TestAxialPlainX(OpTests):
+    """No relative terms, along X, head_dim 8 (the cpu kernels' compile-time fast path) and a line
+    length (9) that is not a multiple of the SIMD lanes."""
+
+    spec = OpSpec(
+        name="axial_attention(plain, axis=2)",
+        call=call,
+        make_inputs=_plain,
+        grad_inputs=("q", "k", "v"),
+        float_outputs=(0,),
+        opchecks=opchecks(_plain),
+        bad_inputs=bad_inputs,
+    )
+
+
+def _key_only(**kw):
+    return make_inputs(**kw, shape=(1, 32, 1, 1, 10), heads=2, axis=4, rels=("rel_k",))
+
+
+class TestAxialZKeyEmbedding(OpTests):
+    """Only rel_k, along Z, head_dim 16."""
+
+    spec = OpSpec(
+        name="axial_attention(rel_k, axis=4)",
+        call=call,
+        make_inputs=_key_only,
+        grad_inputs=("q", "k", "v", "rel_k"),
+        float_outputs=(0,),
+        opchecks=opchecks(_key_only),
+        bad_inputs=bad_inputs,
+        tolerances=dict(TOLERANCES),
+    )
+
+
+def _grads(out, inputs, names, seed=3):
+    cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    return torch.autograd.grad(out, [inputs[n] for n in names], cot)
+
+
+def _backends_here():
+    return [n for n in ("reference", "cpu", "triton") if nas3d_fast.backends()[n].usable]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_qkv_slices_and_channels_last_equal_contiguous(backend):
+    """Slices of one qkv tensor, channels-last or not, give what contiguous copies give (values and
+    gradients), on every compiled backend."""
+    if not nas3d_fast.backends()[backend].usable:
+        pytest.skip(nas3d_fast.backends()[backend].reason)
+    shape = (2, 24, 5, 6, 7) if backend == "cpu" else (1, 24, 3, 2, 4)
+    for axis in (2, 3, 4):
+        for layout in (torch.contiguous_format, torch.channels_last_3d):
+            qkv = torch.randn(*shape, dtype=torch.float64).to(memory_format=layout).requires_grad_(True)
+            # heads=1: head_dim 8, the cpu kernels' fast path without relative terms.
+            rel = torch.randn(2 * qkv.shape[axis] - 1, 8, dtype=torch.float64, requires_grad=True)
+            rel = rel if layout == torch.channels_last_3d else None
+            with forced_backend(backend):
+                q, k, v = qkv.split(8, dim=1)
+                out = axial_attention(q, k, v, axis, 1, rel_q=rel, rel_v=rel)
+                copies = [t.detach().contiguous().requires_grad_(True) for t in (q, k, v)]
+                want = axial_attention(*copies, axis, 1, rel_q=rel, rel_v=rel)
+            assert out.is_contiguous() and out.shape == q.shape
+            torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+            cot = torch.randn_like(out)
+            (g_qkv,) = torch.autograd.grad(out, qkv, cot)
+            g_copies = torch.autograd.grad(want, copies, cot)
+            torch.testing.assert_close(g_qkv, torch.cat(g_copies, dim=1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("positional", [True, False], ids=["positional", "plain"])
+@pytest.mark.parametrize("L", [40, 300, 513])
+def test_long_line_online_softmax(L, positional):
+    """Lines longer than one key block (cpu: 128, triton: 32) rescale the running softmax; head_dim 8
+    (plain: the cpu kernels' compile-time fast path) and 2 (positional)."""
+    gen = torch.Generator().manual_seed(0)
+    lines = 1 if L < 128 else 2
+    C, D = (4, 2) if positional else (16, 8)
+    q, k, v = (torch.randn(1, C, lines, 1, L, generator=gen, dtype=torch.float64) * 3 for _ in range(3))
+    q, k, v = (t.requires_grad_(True) for t in (q, k, v))
+    rel = torch.randn(2 * L - 1, D, generator=gen, dtype=torch.float64, requires_grad=True)
+    rels = dict(rel_q=rel, rel_k=rel, rel_v=rel) if positional else {}
+    names = ("q", "k", "v", "rel") if positional else ("q", "k", "v")
+    outs = {}
+    for backend in _backends_here():
+        if backend == "triton" and L > 128:
+            continue  # the Triton interpreter would take minutes; L = 40 covers its multi-block path
+        with forced_backend(backend):
+            out = axial_attention(q, k, v, 4, 2, **rels)
+        outs[backend] = (out, _grads(out, {"q": q, "k": k, "v": v, "rel": rel}, names))
+    want, want_g = outs.pop("reference")
+    for backend, (out, g) in outs.items():
+        torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10, msg=lambda m: f"{backend}: {m}")
+        for a, b in zip(g, want_g):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=lambda m: f"{backend} grad: {m}")
+
+
+def test_float32_long_line_and_large_logits():
+    """float32 with logits in the hundreds: the online softmax in float32 matches the float64 reference."""
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 16, 2, 2, 200, generator=gen) * 4 for _ in range(3))
+    with forced_backend("cpu" if nas3d_fast.backends()["cpu"].usable else "reference"):
+        out = axial_attention(q, k, v, 4, 2, scale=1.0)
+    want = nas3d_fast.reference.axial_attention(q.double(), k.double(), v.double(), 4, 2, 1.0)
+    torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_default_scale_and_negative_axis():
+    x = make_inputs(torch.float64, "cpu", rels=())
+    a = axial_attention(x["q"], x["k"], x["v"], -2, 2)
+    head_dim = x["q"].shape[1] // 2
+    b = axial_attention(x["q"], x["k"], x["v"], 3, 2, scale=head_dim**-0.5)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_rel_gradients_deterministic():
+    """The relative-embedding gradients are summed in a fixed order: two runs agree bit for bit."""
+    x = make_inputs(torch.float32, "cpu", shape=(2, 16, 12, 12, 12))
+    out = axial_attention(**x)
+    first = _grads(out, x, REL_NAMES)
+    out = axial_attention(**x)
+    second = _grads(out, x, REL_NAMES)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_generic_isa_equals_avx2():
+    """The baseline-ISA build of the cpu kernels (forced with NAS3D_AXIAL_ISA=generic) gives the same
+    results as the default (AVX2 where available), in a fresh process (the choice is read per call)."""
+    if not nas3d_fast.backends()["cpu"].usable:
+        pytest.skip(nas3d_fast.backends()["cpu"].reason)
+    script = (
+        "import torch, nas3d_fast\n"
+        "from nas3d_fast.ops import axial_attention\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "res = []\n"
+        "for D, dt in ((8, torch.float32), (5, torch.float32), (8, torch.float64)):\n"
+        "    q, k, v = (torch.randn(1, 2 * D, 9, 5, 4, generator=g, dtype=dt, requires_grad=True) for _ in range(3))\n"
+        "    r = torch.randn(17, D, generator=g, dtype=dt, requires_grad=True)\n"
+        "    out = axial_attention(q, k, v, 2, 2, rel_q=r, rel_k=r, rel_v=r)\n"
+        "    res += [out, *torch.autograd.grad(out.square().sum(), (q, k, v, r))]\n"
+        "    out = axial_attention(q, k, v, 3, 2)\n"
+        "    res += [out, *torch.autograd.grad(out.square().sum(), (q, k, v))]\n"
+        "torch.save([t.detach() for t in res], __import__('sys').argv[1])\n"
+    )
+    results = []
+    for isa in ("default", "generic"):
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"axial_isa_{os.getpid()}_{isa}.pt")
+        env = {**os.environ, "NAS3D_AXIAL_ISA": isa}
+        subprocess.run([sys.executable, "-c", script, path], check=True, env=env)
+        results.append(torch.load(path))
+        os.unlink(path)
+    for a, b in zip(*results):  # float32 sums in another order (FMA or not): relative 1e-4 of grads ~10
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_low_precision_output_dtype_and_lse():
+    x = make_inputs(torch.bfloat16, "cpu")
+    out = axial_attention(**x)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous()
+    if nas3d_fast.backends()["cpu"].usable:
+        _, lse = torch.ops.nas3d.axial_attention(x["q"], x["k"], x["v"], 3, 2, 0.35)
+        # (B, heads, X, Z, L = Y) for q (1, 8, 2, 5, 2) along Y
+        assert lse.dtype == torch.float32 and lse.shape == (1, 2, 2, 2, 5)
