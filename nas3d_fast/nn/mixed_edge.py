@@ -47,7 +47,9 @@ def activation_backward_(grad: torch.Tensor, x: torch.Tensor, act: str, slabs: i
     """grad *= activation'(x) in place (relu: 0 where x <= 0; leaky_relu: the slope there), as
     autograd's threshold/leaky_relu backward computes it, a slab of the first spatial axis at a time
     so that the temporary factor stays small. Returns grad."""
-    slope = 0.0 if act == "relu" else LEAKY_SLOPE
+    if act == "relu":
+        return grad.masked_fill_(x <= 0, 0)  # a byte mask is the only temporary
+    slope = LEAKY_SLOPE
     step = max(1, -(-x.shape[2] // slabs))
     for start in range(0, x.shape[2], step):
         g, v = grad[:, :, start : start + step], x[:, :, start : start + step]

@@ -20,18 +20,23 @@ class _InstanceNorm(torch.autograd.Function):
     def forward(ctx, x, weight, bias, eps):
         mean, rstd = _stats(x, eps)
         scale = rstd * weight.view(1, -1, 1, 1, 1)
-        out = torch.sub(x, mean).mul_(scale).add_(bias.view(1, -1, 1, 1, 1))
+        out = torch.addcmul(bias.view(1, -1, 1, 1, 1) - mean * scale, x, scale)  # one pass over x
         ctx.save_for_backward(x, weight, mean, rstd)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         x, weight, mean, rstd = ctx.saved_tensors
-        n, c = x.shape[:2]
+        c = x.shape[1]
         count = x[0, 0].numel()
-        g2, x2 = grad.reshape(n * c, 1, count), x.reshape(n * c, count, 1)
         sum_g = grad.sum(dim=(2, 3, 4), keepdim=True)
-        sum_gx = torch.bmm(g2, x2).view(n, c, 1, 1, 1)  # a batched dot: no product buffer
+        # sum of grad * x per (n, c), a few channels at a time: the product buffer stays small
+        # (a batched bmm dot needs none but runs ~5x slower on CPU).
+        sum_gx = torch.empty_like(sum_g)
+        step = max(1, c // 8)
+        for c0 in range(0, c, step):
+            sl = slice(c0, c0 + step)
+            sum_gx[:, sl] = (grad[:, sl] * x[:, sl]).sum(dim=(2, 3, 4), keepdim=True)
         sum_g_xhat = (sum_gx - mean * sum_g) * rstd  # sum of grad * normalised x, per (n, c)
         grad_weight = sum_g_xhat.sum(0).view(-1) if ctx.needs_input_grad[1] else None
         grad_bias = sum_g.sum(0).view(-1) if ctx.needs_input_grad[2] else None
@@ -41,7 +46,7 @@ class _InstanceNorm(torch.autograd.Function):
             a = weight.view(1, -1, 1, 1, 1) * rstd
             b = -a * rstd * sum_g_xhat / count
             c0 = -a * sum_g / count - b * mean
-            grad_x = torch.mul(grad, a).addcmul_(x, b).add_(c0)
+            grad_x = torch.addcmul(c0, grad, a).addcmul_(x, b)
         return grad_x, grad_weight, grad_bias, None
 
 
