@@ -8,6 +8,7 @@ Public API (arrays: images (C, X, Y, Z) float32, labels (X, Y, Z) integers, affi
     Preprocessing(spacing=None, intensity={"kind": "zscore", "nonzero": True}, crop_nonzero=True)
     preprocess_case(image, affine, label, settings) -> PreprocessedCase   # crop, resample, normalise
     restore_labels(pred, meta)              # prediction on the preprocessed grid -> original grid
+    write_prediction(pred, meta, path)      # ... and written as NIfTI with the original affine
     resample, normalise_intensity, nonzero_box, crop, uncrop    # the single steps (preprocess.py)
     VolumeDataset(root, ids, preprocessing, cache_dir)  # whole cases, dicts with image/label/affine/spacing/meta
     PatchDataset(volumes, patch_size, samples_per_epoch, ratio=(1, 1), seed, augment)  # random patches
@@ -46,6 +47,7 @@ from .preprocess import (
     resample,
     restore_labels,
     uncrop,
+    write_prediction,
 )
 from .sampler import sample_patch
 from .synthetic import make_synthetic
@@ -74,4 +76,5 @@ __all__ = [
     "split",
     "uncrop",
     "write_nifti",
+    "write_prediction",
 ]

@@ -92,7 +92,7 @@ class Augmentations:
             label.dim() != image.dim()
             or label.shape[-3:] != image.shape[-3:]
             or label.shape[-4] != 1
-            or label.shape[0] != image.shape[0]
+            or (image.dim() == 5 and label.shape[0] != image.shape[0])
         ):
             raise ValueError(
                 f"label shape {tuple(label.shape)} must be the image's {tuple(image.shape)} with one channel"

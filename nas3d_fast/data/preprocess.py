@@ -238,3 +238,20 @@ def restore_labels(labels: np.ndarray, meta: dict) -> np.ndarray:
         # Any affine with the preprocessed spacing works here: only the grid-size ratio is used.
         labels, _ = resample(labels, original_affine, (1.0, 1.0, 1.0), order=0, shape=cropped_shape)
     return uncrop(labels, box, tuple(meta["original_shape"]))
+
+
+def write_prediction(labels, meta: dict, path: str) -> np.ndarray:
+    """Write a label map predicted on the preprocessed grid ((X, Y, Z) numpy array or tensor) to ``path``
+    on the original image's grid with its affine (:func:`restore_labels`; written atomically, uint8 when
+    the classes fit, else int16). Returns the restored array."""
+    from .nifti import write_nifti
+
+    if hasattr(labels, "detach"):
+        labels = labels.detach().cpu().numpy()
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise ValueError(f"write_prediction: labels must be (X, Y, Z), got shape {labels.shape}")
+    restored = restore_labels(labels, meta)
+    dtype = np.uint8 if restored.size == 0 or (restored.min() >= 0 and restored.max() < 256) else np.int16
+    write_nifti(restored.astype(dtype), np.asarray(meta["original_affine"]), path)
+    return restored
