@@ -162,6 +162,20 @@ def test_cache_is_written_reused_and_rebuilt_when_stale(blobs, tmp_path):
     assert not [n for n in os.listdir(cache_dir) if n.startswith(".tmp-")]
 
 
+def test_unwritable_cache_falls_back_to_memory(blobs, tmp_path, monkeypatch):
+    from nas3d_fast.data import cache
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cache, "_save_npy", refuse)  # as in a read-only dataset folder
+    ds = data.VolumeDataset(blobs, ["blob_000"], data.Preprocessing(), cache_dir=str(tmp_path / "c"))
+    with pytest.warns(UserWarning, match="cannot write the preprocessing cache"):
+        item = ds[0]
+    assert item["image"].shape[0] == 1 and item["label"].any()
+    assert os.listdir(str(tmp_path / "c" / data.Preprocessing().key())) == []  # nothing half-written
+
+
 def test_patch_dataset_with_workers_is_deterministic_and_balanced(blobs):
     vols = data.VolumeDataset(blobs, preprocessing=data.Preprocessing(), cache_dir=None)
     patches = data.PatchDataset(vols, (8, 8, 8), samples_per_epoch=8, seed=5, augment=data.Augmentations(p=0.5))

@@ -20,7 +20,7 @@ T-AutoML's implementation uses. Images are (C, X, Y, Z) or (N, C, X, Y, Z) float
 with C = 1 (any dtype; returned in the input dtype), or None. Batches draw independently per sample.
 Every random number comes from the ``generator`` argument (a CPU generator also drives GPU tensors: the
 random values are made on the generator's device and moved), so a seed gives the same result on every
-device and in every DataLoader worker.
+device and in every DataLoader worker (without one, torch's global CPU generator is used).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class Augmentations:
             raise ValueError(
                 f"label shape {tuple(label.shape)} must be the image's {tuple(image.shape)} with one channel"
             )
-        gen = generator if generator is not None else torch.Generator().manual_seed(torch.seed() % 2**62)
+        gen = generator if generator is not None else torch.default_generator
         if image.dim() == 4:
             out, lab = self._one(image[None], None if label is None else label[None], gen)
             return out[0], (None if lab is None else lab[0])

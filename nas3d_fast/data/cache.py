@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -82,6 +83,16 @@ class PreprocessedCache:
             except (OSError, ValueError, KeyError):
                 pass  # unreadable or stale entry: rebuild it below
         pre = load_and_preprocess(case, self.settings)
+        try:
+            self._write(case, pre, stamps)
+        except OSError as exc:  # e.g. a read-only dataset folder: train without the cache
+            warnings.warn(
+                f"cannot write the preprocessing cache {self.dir}: {exc}; continuing without it", stacklevel=2
+            )
+        return pre
+
+    def _write(self, case: Case, pre: PreprocessedCase, stamps: dict) -> None:
+        image_path, label_path, meta_path = self._paths(case.id)
         os.makedirs(self.dir, exist_ok=True)
         _save_npy(pre.image, image_path)
         if pre.label is not None:
@@ -95,4 +106,3 @@ class PreprocessedCache:
             "meta": pre.meta,
         }
         write_json(record, meta_path)
-        return pre
