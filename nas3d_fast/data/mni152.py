@@ -14,9 +14,10 @@ Subjects: subject ``k`` is the template seen through its own random (seeded by `
 
 - affine: rotations up to ±``rotate_deg`` about each axis, scaling in [1 - ``scale``, 1 + ``scale``]
   per axis and a shift up to ±``shift_mm`` mm, about the brain's centre;
-- smooth deformation: a displacement field of Gaussian noise on a 5x5x5 grid, cubic-upsampled to the
-  output grid and scaled to a largest displacement of ``deform_mm`` (times a random factor in [0.5, 1]);
-- bias field: ``exp(b)`` with ``b`` cubic-upsampled from a 3x3x3 grid of N(0, ``bias``²);
+- smooth deformation: a displacement field of Gaussian noise on a 5x5x5 grid, upsampled to the output
+  grid (cubic spline to an eighth of it, then trilinear) and scaled to a largest displacement of
+  ``deform_mm`` (times a random factor in [0.5, 1]);
+- bias field: ``exp(b)`` with ``b`` upsampled the same way from a 3x3x3 grid of N(0, ``bias``²);
 - Rician noise of standard deviation ``noise`` times the mean brain intensity, inside the brain
   (the background of these skull-stripped volumes stays 0), and an overall intensity gain in [0.8, 1.2].
 

@@ -89,6 +89,8 @@ def resample(array: np.ndarray, affine: np.ndarray, target_spacing, order: int, 
     target = np.array([float(t) for t in target_spacing])
     if target.shape != (3,) or np.any(target <= 0):
         raise ValueError(f"target_spacing must be three positive numbers in mm, got {target_spacing}")
+    if np.any(spacing <= 0):
+        raise ValueError(f"the affine has a zero-length voxel axis (spacing {tuple(spacing)}): cannot resample")
     in_shape = array.shape[-3:]
     out_shape = tuple(shape) if shape is not None else resampled_shape(in_shape, spacing, target)
     ratio = np.array(in_shape) / np.array(out_shape)  # = target/spacing up to rounding of the grid size
