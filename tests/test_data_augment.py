@@ -23,7 +23,9 @@ def labelled_shape(shape=(16, 16, 16)):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
-    "op,zoom", [(op, (0.9, 1.1)) for op in sorted(SPATIAL - {"zoom"})] + [("zoom", (0.7, 0.8)), ("zoom", (1.2, 1.3))]
+    "op,zoom",
+    [pytest.param(op, (0.9, 1.1), id=op) for op in sorted(SPATIAL - {"zoom"})]
+    + [pytest.param("zoom", (0.7, 0.8), id="zoom_out"), pytest.param("zoom", (1.2, 1.3), id="zoom_in")],
 )
 def test_spatial_ops_keep_image_and_label_aligned(op, zoom, device):
     image, label = labelled_shape()
