@@ -190,6 +190,9 @@ def test_patch_dataset_with_workers_is_deterministic_and_balanced(blobs):
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
     fg = torch.cat([(b["label"].flatten(1) > 0).any(1) for b in serial])
     assert fg[0::2].all()  # even samples are foreground draws (1:1), they always contain foreground
+    ids = [i for b in serial for i in b["id"]]
+    assert ids[0::2] == ids[1::2]  # a foreground and a background patch from each volume
+    assert len(set(ids)) == 4  # 8 samples, 4 pairs: 4 different cases of the 5 in this epoch
     patches.set_epoch(1)
     other = run(0)
     assert not torch.equal(other[0]["image"], serial[0]["image"])

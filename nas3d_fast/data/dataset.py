@@ -87,9 +87,12 @@ class VolumeDataset(torch.utils.data.Dataset):
 class PatchDataset(torch.utils.data.Dataset):
     """``samples_per_epoch`` random patches from a :class:`VolumeDataset`.
 
-    Item ``i`` comes from case ``perm[i % n_cases]`` (a permutation per epoch), is a foreground patch
-    when :func:`~nas3d_fast.data.sampler.is_foreground_draw` says so for ``ratio`` = (pos, neg)
-    (default 1:1), and is passed through ``augment`` (a callable ``(image, label, generator) -> (image,
+    Samples come in groups of pos + neg consecutive items (``ratio`` = (pos, neg), default 1:1): group
+    ``g = i // (pos + neg)`` is cut from case ``perm[g % n_cases]`` (a permutation per epoch), its first
+    ``pos`` items are foreground patches and the others background patches
+    (:func:`~nas3d_fast.data.sampler.is_foreground_draw`). So with 1:1 and a batch of 4, a batch holds two
+    patches (one foreground, one background) from each of two volumes, as in T-AutoML §4.1. Each item is
+    passed through ``augment`` (a callable ``(image, label, generator) -> (image,
     label)`` on tensors, e.g. :class:`~nas3d_fast.data.augment.Augmentations`) when given. Returns a
     dict ``image`` (C, *patch) float32, ``label`` (1, *patch) int64, ``id`` and ``start`` (patch corner).
     """
@@ -129,7 +132,7 @@ class PatchDataset(torch.utils.data.Dataset):
             raise IndexError(i)
         n = len(self.volumes)
         perm = np.random.default_rng([self.seed, self.epoch]).permutation(n)
-        k = int(perm[i % n])
+        k = int(perm[(i // sum(self.ratio)) % n])
         rng = np.random.default_rng([self.seed, self.epoch, i, 1])
         pre = self.volumes.case(k)
         if k not in self._foreground:
