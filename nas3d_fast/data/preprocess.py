@@ -83,7 +83,10 @@ def resample(array: np.ndarray, affine: np.ndarray, target_spacing, order: int, 
     r = target/spacing, so both grids cover the same field of view. ``order`` 3 (cubic spline) for
     images, 0 (nearest) for labels. ``shape`` forces the output grid size (used to go back to an
     original grid, :func:`restore_labels`)."""
-    from scipy import ndimage
+    try:
+        from scipy import ndimage
+    except ImportError as exc:
+        raise RuntimeError("resampling to a target spacing needs scipy (pip install 'scipy>=1.10')") from exc
 
     spacing = np.array(spacing_of(affine))
     target = np.array([float(t) for t in target_spacing])
