@@ -144,3 +144,16 @@ def test_supernet_trains_on_dense_and_gumbel_weights(space):
         supernet(x, {"op": logits["op"].softmax(-1), "skip": torch.ones(14, 3)})
     with pytest.raises(ValueError, match="groups"):
         supernet(x, {"op": logits["op"].softmax(-1)})
+
+
+def test_derive_picks_the_strongest_candidates(space):
+    supernet = space.supernet(1, 2)
+    for seed in range(10):
+        arch = space.sample(seed)
+        assert space.derive(supernet.one_hot(arch)) == arch
+    logits = {"op": torch.zeros(14, 6), "skip": torch.zeros(14, 2)}
+    logits["op"][3, 4], logits["skip"][5, 1] = 2.0, 0.5
+    arch = space.derive(logits)
+    assert arch.ops[3] == DEFAULT_OPS[4] and arch.ops[0] == DEFAULT_OPS[0] and arch.skips[5] == 1
+    with pytest.raises(ValueError, match=r"weights\['skip'\] must be a \(14, 2\) tensor"):
+        space.derive({"op": logits["op"]})

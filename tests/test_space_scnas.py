@@ -170,3 +170,20 @@ def test_supernet_trains_on_gumbel_samples(space):
         supernet(x, {**{t: v.softmax(-1) for t, v in logits.items()}, "dec": torch.ones(14, 7)})
     with pytest.raises(ValueError, match="groups"):
         supernet(x, {"enc": logits["enc"].softmax(-1)})
+
+
+def test_derive_keeps_the_two_strongest_edges_per_node(space):
+    supernet = space.supernet(1, 2)
+    for seed in range(10):
+        arch = space.sample(seed)
+        assert space.derive(supernet.one_hot(arch)) == arch
+    w = {t: torch.zeros(14, 8) for t in CELL_TYPES}
+    w["enc"][:, CELL_CANDIDATES.index("zero")] = 10.0  # zero never counts
+    w["enc"][edge_index(3, 4), OPS.index("avg_pool3")] = 3.0
+    w["enc"][edge_index(3, 1), OPS.index("sep_dil3x3x3_r4")] = 2.0
+    w["enc"][edge_index(3, 0), OPS.index("conv3x3x3")] = 1.0
+    arch = space.derive(w)
+    assert arch.enc[3] == ((1, "sep_dil3x3x3_r4"), (4, "avg_pool3"))
+    assert arch.red[0] == ((0, OPS[0]), (1, OPS[0]))  # all ties: lowest predecessors and op
+    with pytest.raises(ValueError, match=r"weights\['exp'\] must be a \(14, 8\) tensor"):
+        space.derive({t: w[t] for t in ("enc", "red", "dec")})

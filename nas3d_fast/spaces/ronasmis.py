@@ -376,6 +376,21 @@ class RonasmisSpace(SearchSpace):
         v = check_vector(vector, self.vector_choices(), self.name)
         return RonasmisArch(ops=tuple(self.ops[k] for k in v[0::2]), skips=tuple(v[1::2]))
 
+    def derive(self, weights: dict[str, torch.Tensor]) -> RonasmisArch:
+        """The discrete architecture of supernet weights: the strongest candidate of each layer's op and
+        skip edges. ``weights``: {"op": (L, K), "skip": (L, 2)} architecture weights or logits (ties go to
+        the lower index)."""
+        vector = []
+        shapes = {"op": (self.num_layers, len(self.ops)), "skip": (self.num_layers, 2)}
+        for name, shape in shapes.items():
+            w = weights.get(name) if isinstance(weights, dict) else None
+            if not isinstance(w, torch.Tensor) or tuple(w.shape) != shape:
+                raise ValueError(f"weights[{name!r}] must be a {shape} tensor")
+        picks = {name: weights[name].detach().argmax(dim=1).tolist() for name in shapes}
+        for op, skip in zip(picks["op"], picks["skip"]):
+            vector += [op, skip]
+        return self.decode(vector)
+
     # -- networks ----------------------------------------------------------------------------------
 
     def build(self, arch: Arch, in_channels: int, num_classes: int, deep_supervision: bool = False) -> RonasmisNet:

@@ -52,7 +52,7 @@ The encoded vector: 4 cell types t (0 enc, 1 red, 2 dec, 3 exp) x 4 nodes j x 4 
 | 2 | second predecessor p_b of node j, p_b > p_a | 0 .. j + 1 |
 | 3 | operation of edge (p_b, j) | index into ``OPS`` |
 
-``sample`` is uniform over the predecessor pairs and the ops. The space is finite (about 4e34
+``sample`` is uniform over the predecessor pairs and the ops. The space is finite (about 1.2e36
 architectures) but too large to enumerate.
 
 The supernet has every edge of every cell (14 per cell: node j has j + 2) as a ``MixedEdge3d`` over the
@@ -428,6 +428,29 @@ class ScnasSpace(SearchSpace):
                     )
                 nodes.append(((pa, OPS[oa]), (pb, OPS[ob])))
             cells[cell_type] = tuple(nodes)
+        return ScnasArch(**cells)
+
+    def derive(self, weights: dict[str, torch.Tensor]) -> ScnasArch:
+        """The discrete architecture of supernet weights (DARTS §2.4's derivation): per cell type and
+        node, the two predecessors whose strongest non-zero candidate weighs most, each with that
+        candidate. ``weights``: {cell type: (14, 8)} architecture weights or logits (ties go to the
+        lower index)."""
+        zero = CELL_CANDIDATES.index("zero")
+        cells = {}
+        for t in CELL_TYPES:
+            w = weights.get(t) if isinstance(weights, dict) else None
+            if not isinstance(w, torch.Tensor) or tuple(w.shape) != (EDGES, len(CELL_CANDIDATES)):
+                raise ValueError(f"weights[{t!r}] must be a ({EDGES}, {len(CELL_CANDIDATES)}) tensor")
+            w = w.detach().to("cpu", torch.float64).clone()
+            w[:, zero] = -torch.inf
+            best, op = w.max(dim=1)
+            nodes = []
+            for j in range(NODES):
+                rows = [edge_index(j, p) for p in range(j + 2)]
+                order = sorted(range(j + 2), key=lambda p: (-best[rows[p]].item(), p))
+                pa, pb = sorted(order[:2])
+                nodes.append(tuple((p, CELL_CANDIDATES[int(op[rows[p]])]) for p in (pa, pb)))
+            cells[t] = tuple(nodes)
         return ScnasArch(**cells)
 
     def build(self, arch: Arch, in_channels: int, num_classes: int) -> ScnasNet:
