@@ -19,17 +19,23 @@ from nas3d_fast.spaces.tautoml import (
 
 
 def _arch(blocks, **config):
-    defaults = dict(
-        augmentations=("flip_x", "gaussian_noise", "intensity_shift", "zoom", "intensity_scale_shift"),
-        learning_rate=0.0001,
-        scheduler="constant",
-        loss="dice_ce",
-        optimizer="adam",
-    )
+    defaults = {
+        "augmentations": ("flip_x", "gaussian_noise", "intensity_shift", "zoom", "intensity_scale_shift"),
+        "learning_rate": 0.0001,
+        "scheduler": "constant",
+        "loss": "dice_ce",
+        "optimizer": "adam",
+    }
     return TAutoMLArch(tuple(blocks), **{**defaults, **config})
 
 
-CHAIN = [("residual", 2, -1, -1), ("bottleneck", 3, 0, -1), ("axial_xyz", 4, 0, 1), ("axial_yxz", 5, 1, 2), ("residual", 3, 2, 3)]
+CHAIN = [
+    ("residual", 2, -1, -1),
+    ("bottleneck", 3, 0, -1),
+    ("axial_xyz", 4, 0, 1),
+    ("axial_yxz", 5, 1, 2),
+    ("residual", 3, 2, 3),
+]
 
 
 def test_the_vector_table():
@@ -99,6 +105,12 @@ def test_bad_architectures_name_the_position():
     bad = list(v)
     bad[16] = 4  # block 3's second predecessor: only blocks 0..2 precede it
     with pytest.raises(ArchError, match="position 16: block 3's predecessor 4 does not exist"):
+        space.decode(bad)
+    bad[16] = 4.0  # integral floats are read as integers, and checked as such
+    with pytest.raises(ArchError, match="position 16: block 3's predecessor 4 does not exist"):
+        space.decode(bad)
+    bad[16] = 1.5
+    with pytest.raises(ArchError, match="position 16: 1.5 is not an integer"):
         space.decode(bad)
     bad = list(v)
     bad[10] = 4  # block 2's level - 2

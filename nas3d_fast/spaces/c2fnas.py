@@ -94,6 +94,7 @@ from torch import nn
 
 from ..nn import MixedEdge3d, make_candidate
 from ..nn.norm import InstanceNorm3d
+from ._int_vector import integers
 from .base import Arch, ArchError, SearchSpace, Supernet, as_rng, check_vector, register
 
 NUM_CELLS = 12
@@ -132,7 +133,9 @@ def check_topology(code: Sequence[int], offset: int = 0) -> tuple[int, ...]:
         if not 0 <= v <= MAX_LEVEL:
             raise ArchError(f"c2fnas: position {pos}: level {v} outside 0..{MAX_LEVEL}")
         if abs(v - previous) > 1:
-            raise ArchError(f"c2fnas: position {pos}: level jumps from {previous} to {v} (a cell moves one level at most)")
+            raise ArchError(
+                f"c2fnas: position {pos}: level jumps from {previous} to {v} (a cell moves one level at most)"
+            )
         if v > previous and ups:
             raise ArchError(f"c2fnas: position {pos}: a down-sampling after an up-sampling breaks the U-shape prior")
         ups += v < previous
@@ -322,13 +325,17 @@ class C2FNASSupernet(Supernet):
         w = weights["ops"]
         shape = (NUM_CELLS, len(CELL_OPS))
         if isinstance(w, (tuple, list)):
-            if len(w) != 2 or any(not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] != NUM_CELLS for t in w):
-                raise ValueError(f"weights['ops'] as a sample must be the pair (weights (12, 3), indices (12, k)), got {w!r}")
-            rows = lambda i: (w[0][i], w[1][i])  # noqa: E731
+            if len(w) != 2 or any(
+                not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] != NUM_CELLS for t in w
+            ):
+                raise ValueError(
+                    f"weights['ops'] as a sample must be the pair (weights (12, 3), indices (12, k)), got {w!r}"
+                )
+            rows = lambda i: (w[0][i], w[1][i])
         else:
             if not isinstance(w, torch.Tensor) or tuple(w.shape) != shape:
                 raise ValueError(f"weights['ops'] must be a dense tensor of shape {shape}, got {_describe(w)}")
-            rows = lambda i: w[i]  # noqa: E731
+            rows = lambda i: w[i]
         return self.network(x, rows)
 
     def one_hot(self, arch: Arch) -> dict[str, torch.Tensor]:
@@ -429,8 +436,9 @@ class C2FNASSpace(SearchSpace):
         choices = self.vector_choices()
         if len(vector) != len(choices):
             raise ArchError(f"c2fnas: the encoding has length {len(vector)}, expected {len(choices)}")
-        topology = check_topology(list(vector[:NUM_CELLS]))  # the priors' messages name the position
-        ops = check_vector(vector, choices, self.name)[NUM_CELLS:]
+        values = integers(vector, self.name)
+        topology = check_topology(values[:NUM_CELLS])  # the priors' messages name the position
+        ops = check_vector(values, choices, self.name)[NUM_CELLS:]
         return C2FNASArch(topology, tuple(CELL_OPS[k] for k in ops))
 
     def enumerate(self) -> Iterator[C2FNASArch]:
@@ -456,7 +464,7 @@ class C2FNASSpace(SearchSpace):
         _check_sizes(in_channels, num_classes)
         code = topology.topology if isinstance(topology, C2FNASArch) else topology
         if isinstance(code, (str, bytes)) or not isinstance(code, Sequence):
-            raise ValueError(f"topology must be a code of {NUM_CELLS} levels or a C2FNASArch, got {topology!r}")
+            raise TypeError(f"topology must be a code of {NUM_CELLS} levels or a C2FNASArch, got {topology!r}")
         return C2FNASSupernet(code, in_channels, num_classes, self.channels, norm)
 
 

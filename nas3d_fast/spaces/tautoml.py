@@ -93,6 +93,7 @@ from torch import nn
 
 from ..nn import AxialAttentionBlock3d
 from ..nn.norm import InstanceNorm3d
+from ._int_vector import integers
 from .base import Arch, ArchError, SearchSpace, Supernet, as_rng, check_vector, register
 
 MIN_BLOCKS, MAX_BLOCKS = 5, 12
@@ -216,7 +217,9 @@ class Resample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
         if self.source > self.target:
-            return F.interpolate(y, scale_factor=2 ** (self.source - self.target), mode="trilinear", align_corners=False)
+            return F.interpolate(
+                y, scale_factor=2 ** (self.source - self.target), mode="trilinear", align_corners=False
+            )
         if self.target - self.source > 1:
             factor = 2 ** (self.target - self.source - 1)
             return F.max_pool3d(y, factor, factor)
@@ -337,7 +340,9 @@ class TAutoMLSpace(SearchSpace):
                 f"num_heads ({num_heads}) must divide base_channels ({base_channels}), the axial attention's "
                 "width at level 2"
             )
-        super().__init__(base_channels=base_channels, num_heads=num_heads, positional=bool(positional), max_length=max_length)
+        super().__init__(
+            base_channels=base_channels, num_heads=num_heads, positional=bool(positional), max_length=max_length
+        )
 
     # -- encodings ---------------------------------------------------------------------------------
 
@@ -388,7 +393,9 @@ class TAutoMLSpace(SearchSpace):
             vector += [t, level - MIN_LEVEL, *((0, 0) if i < 2 else (int(j), int(k)))]
         vector += [0] * (SLOT * (MAX_BLOCKS - n))
         if not isinstance(arch.augmentations, tuple) or len(arch.augmentations) != AUGMENTATION_SLOTS:
-            raise ArchError(f"tautoml: position {CONFIG_START}: {AUGMENTATION_SLOTS} augmentations expected, got {arch.augmentations!r}")
+            raise ArchError(
+                f"tautoml: position {CONFIG_START}: {AUGMENTATION_SLOTS} augmentations expected, got {arch.augmentations!r}"
+            )
         vector += [_index("augmentation", a, AUGMENTATIONS, CONFIG_START + s) for s, a in enumerate(arch.augmentations)]
         p = CONFIG_START + AUGMENTATION_SLOTS
         vector += [
@@ -403,20 +410,17 @@ class TAutoMLSpace(SearchSpace):
         choices = self.vector_choices()
         if len(vector) != VECTOR_LENGTH:
             raise ArchError(f"tautoml: the encoding has length {len(vector)}, expected {VECTOR_LENGTH}")
-        raw = list(vector)
+        raw = integers(vector, self.name)
         # Readable messages for the architecture's own positions first, then the generic range checks.
-        if isinstance(raw[0], (int, np.integer)) and not 0 <= raw[0] < choices[0]:
-            raise ArchError(f"tautoml: position 0: N - {MIN_BLOCKS} = {raw[0]} outside 0..{choices[0] - 1} (N = {MIN_BLOCKS}..{MAX_BLOCKS})")
-        n = MIN_BLOCKS + int(raw[0]) if isinstance(raw[0], (int, np.integer)) else None
-        for i in range(n or 0):
-            level = raw[_pos(i, 1)]
-            if isinstance(level, (int, np.integer)):
-                _check_level(i, MIN_LEVEL + level)
+        if not 0 <= raw[0] < choices[0]:
+            raise ArchError(
+                f"tautoml: position 0: N - {MIN_BLOCKS} = {raw[0]} outside 0..{choices[0] - 1} (N = {MIN_BLOCKS}..{MAX_BLOCKS})"
+            )
+        for i in range(MIN_BLOCKS + raw[0]):
+            _check_level(i, MIN_LEVEL + raw[_pos(i, 1)])
             if i >= 2:
-                j, k = raw[_pos(i, 2)], raw[_pos(i, 3)]
-                if isinstance(j, (int, np.integer)) and isinstance(k, (int, np.integer)):
-                    _check_predecessors(i, int(j), int(k))
-        values = check_vector(vector, choices, self.name)
+                _check_predecessors(i, raw[_pos(i, 2)], raw[_pos(i, 3)])
+        values = check_vector(raw, choices, self.name)
         n = MIN_BLOCKS + values[0]
         blocks = []
         for i in range(n):
