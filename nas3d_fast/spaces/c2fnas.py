@@ -27,7 +27,7 @@ Counting: rules 2 and 3 fix the order of the six resampling cells (three downs, 
 topology is exactly the choice of which 6 of the 12 cells resample: C(12, 6) = **924**, the paper's
 9.24 x 10^2 (rule 4 then holds automatically, and levels stay in 0..3). For comparison, the unpruned
 space of §3.2, "up to 2.9 x 10^4 candidates for a network with 12 cells [15]", is Auto-DeepLab's
-lattice: 28,657 paths of 12 cells over 4 levels starting at the top level and moving at most one level
+lattice: 28,657 paths of 12 cells over 4 levels starting at the finest level and moving at most one level
 per cell; with our first-cell convention there are 75,025 codes with levels in 0..3, 4,620 of them
 with exactly three downs and three ups, and 924 of those are U-shaped. ``topologies()`` lists the 924
 in lexicographic order of their resampling positions.
