@@ -38,10 +38,12 @@ Training configuration (§3.2)
 Five augmentation slots applied in sequence, each one of the 8 candidates ``AUGMENTATIONS`` (a
 candidate may fill several slots: the paper gives every slot all m candidates), each applied with
 probability 0.15 (``AUGMENTATION_PROB``); a learning rate from ``LEARNING_RATES``; a scheduler from
-``SCHEDULERS``; a loss from ``LOSSES`` (the paper's "Dice loss with or without squared prediction, CE,
-Dice + CE, Dice + focal"; Table 1's "Dice loss (no squared prediction) + CE" shows the squared option
-applies in the combinations too, so there are 7); an optimiser from ``OPTIMIZERS`` ("momentum" is SGD
-with momentum 0.9, "nesterov" SGD with Nesterov momentum 0.9). ``training_config(arch)`` gives them as
+``SCHEDULERS`` (constant or polynomial decay, "poly"); a loss from ``LOSSES``, the five of §3.2: soft
+Dice "with or without squared prediction", CE, Dice + CE, Dice + focal (Table 1's "Dice loss (no squared
+prediction) + CE" hints at squared variants of the combinations too; §3.2 does not list them, so they
+are left out); an optimiser from ``OPTIMIZERS`` ("momentum" is SGD with heavy-ball momentum,
+"nesterov" SGD with Nesterov momentum). The names are those of ``nas3d_fast.data`` (augmentations) and
+``nas3d_fast.train`` (losses, optimisers, schedules). ``training_config(arch)`` gives them as
 a dict for the trainer; ``build`` ignores them.
 
 Encoding (58 integers)
@@ -62,14 +64,15 @@ are fixed (the stem; block 0).
 | 4 + 4i | block i second predecessor k > j (i >= 2; 0 for i < 2) | max(1, i): k in j+1..i-1 |
 | 49..53 | augmentation slot s = 0..4 (index into ``AUGMENTATIONS``) | 8 |
 | 54 | learning rate (index into ``LEARNING_RATES``) | 5 |
-| 55 | scheduler: 0 constant, 1 polynomial | 2 |
-| 56 | loss (index into ``LOSSES``) | 7 |
+| 55 | scheduler: 0 constant, 1 poly | 2 |
+| 56 | loss (index into ``LOSSES``) | 5 |
 | 57 | optimiser (index into ``OPTIMIZERS``) | 5 |
 
 (i = 0..11.) The predecessors are stored in increasing order, so each network has one encoding.
 
 ``sample`` draws uniformly: N, then each block's type, level and pair of predecessors, then each
-configuration choice. The space has ~10^21 members: ``enumerate`` is not available.
+configuration choice. The space has ~4 x 10^25 block structures and 8.2 x 10^6 training configurations
+(3 x 10^32 members): ``enumerate`` is not available.
 
 Supernet
 --------
@@ -101,19 +104,12 @@ MIN_LEVEL, MAX_LEVEL = 2, 5
 BLOCK_TYPES = ("residual", "bottleneck", "axial_xyz", "axial_yxz")
 AUGMENTATION_SLOTS = 5
 AUGMENTATION_PROB = 0.15
-AUGMENTATIONS = (
-    "flip_x",
-    "flip_y",
-    "flip_z",
-    "rotate90_xy",
-    "zoom",
-    "gaussian_noise",
-    "intensity_shift",
-    "intensity_scale_shift",
-)
+# The names of nas3d_fast.data's augmentation operations (flip along X/Y/Z, 90-degree rotation in the
+# X-Y plane, zoom, Gaussian noise, intensity shift, intensity scale-and-shift).
+AUGMENTATIONS = ("flip_x", "flip_y", "flip_z", "rotate90", "zoom", "noise", "shift", "scale_shift")
 LEARNING_RATES = (0.01, 0.005, 0.001, 0.0005, 0.0001)
-SCHEDULERS = ("constant", "polynomial")
-LOSSES = ("dice", "dice_squared", "ce", "dice_ce", "dice_squared_ce", "dice_focal", "dice_squared_focal")
+SCHEDULERS = ("constant", "poly")
+LOSSES = ("dice", "dice_squared", "ce", "dice_ce", "dice_focal")
 OPTIMIZERS = ("adam", "sgd", "momentum", "nesterov", "novograd")
 
 SLOT = 4  # positions per block slot
