@@ -78,8 +78,8 @@ Supernet
 --------
 None: ``supernet`` raises NotImplementedError. T-AutoML trains every sampled configuration from scratch
 (100 configurations, 10,000 iterations each, §4.1) to fit its binary relation predictor; it shares no
-weights. Half of its encoding (augmentation, learning rate, scheduler, loss, optimiser) cannot be a
-weight-shared choice at all, and its block types are whole residual/bottleneck/attention blocks, not
+weights. Its training-configuration positions (augmentation, learning rate, scheduler, loss,
+optimiser) cannot be weight-shared choices at all, and its block types are whole residual/bottleneck/attention blocks, not
 candidates of a ``MixedEdge3d`` edge.
 """
 
@@ -458,8 +458,8 @@ class TAutoMLSpace(SearchSpace):
     def supernet(self, in_channels: int, num_classes: int, **options: Any) -> Supernet:
         raise NotImplementedError(
             "tautoml has no supernet: T-AutoML (§3.3, §4.1) trains each sampled configuration from scratch "
-            "and ranks configurations with a binary relation predictor; it shares no weights. Half of its "
-            "encoding (augmentations, learning rate, scheduler, loss, optimiser) cannot be a weight-shared "
+            "and ranks configurations with a binary relation predictor; it shares no weights. Its training "
+            "configuration (augmentations, learning rate, scheduler, loss, optimiser) cannot be a weight-shared "
             "choice, and its block types are whole residual/bottleneck/axial-attention blocks, not "
             "MixedEdge3d candidates. Search it with a predictor or evolution over sample()/encode()."
         )
