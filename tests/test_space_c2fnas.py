@@ -170,5 +170,7 @@ def test_supernet_with_one_hot_weights_equals_the_extracted_network(norm):
     other = next(a for a in (space.sample(s) for s in range(50)) if a.topology != arch.topology)
     with pytest.raises(ArchError, match="not this supernet's"):
         supernet.extract(other)
+    with pytest.raises(ValueError, match="needs topology="):
+        space.supernet(2, 3)
     with pytest.raises(ValueError, match="shape \\(12, 3\\)"):
         supernet(x, {"ops": torch.ones(12, 2, dtype=torch.float64)})

@@ -457,11 +457,17 @@ class C2FNASSpace(SearchSpace):
         )
 
     def supernet(
-        self, in_channels: int, num_classes: int, *, topology: Sequence[int] | Arch, norm: str = "shared"
+        self, in_channels: int, num_classes: int, *, topology: Sequence[int] | Arch | None = None, norm: str = "shared"
     ) -> C2FNASSupernet:
         """The fine-stage supernet over ``topology`` (a code, or an architecture whose topology is
         taken). ``norm``: MixedEdge3d's placement, "shared" or "per_op" (equal for one-hot weights)."""
         _check_sizes(in_channels, num_classes)
+        if topology is None:
+            raise ValueError(
+                "c2fnas: supernet() needs topology=<code or C2FNASArch>: C2FNAS shares weights only in the fine "
+                "stage, over the topology the coarse stage found (§3.4); the coarse stage trains every topology "
+                "from scratch (§3.3), e.g. over enumerate()"
+            )
         code = topology.topology if isinstance(topology, C2FNASArch) else topology
         if isinstance(code, (str, bytes)) or not isinstance(code, Sequence):
             raise TypeError(f"topology must be a code of {NUM_CELLS} levels or a C2FNASArch, got {topology!r}")
