@@ -148,8 +148,9 @@ class Supernet(nn.Module, ABC):
 
     Edges are grouped (e.g. "normal" and "reduce" cells, or one group per layer); ``arch_shapes()`` gives
     each group's (edges E, candidates K). ``forward(x, weights)``: ``weights`` maps each group name to
-    either dense (E, K) weights (the softmax of architecture logits) or the ``(weights (E, k), indices
-    (E, k))`` pair that ``ops.gumbel_topk`` returns for the group's logits.
+    either dense (E, K) weights (the softmax of architecture logits) or the ``(weights (E, K), indices
+    (E, k))`` pair that ``ops.gumbel_topk`` returns for the group's logits (weights zero off the k
+    chosen candidates of each row; only those are computed).
     """
 
     @abstractmethod
