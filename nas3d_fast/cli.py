@@ -3,6 +3,7 @@
 nas3d info           versions (torch, CUDA, Triton, compilers) and the backend table
 nas3d bench SUITE    a benchmark suite side by side with its baselines (see benchmarks/run.py)
 nas3d infer ...      label maps for NIfTI images with a checkpoint (see nas3d_fast/inference/checkpoint.py)
+nas3d data ...       datasets in MSD layout: `mni152` (real MRI from nilearn's template), `synthetic` (blobs)
 nas3d train ...      train one architecture of a search space on an MSD-layout dataset (nas3d_fast/train)
 """
 
@@ -115,6 +116,75 @@ def _add_infer(sub) -> None:
     infer.set_defaults(func=cmd_infer)
 
 
+def cmd_data(args) -> int:
+    from . import data
+
+    try:
+        if args.kind == "mni152":
+            out = data.build_mni152(
+                args.out,
+                subjects=args.subjects,
+                val=args.val,
+                spacing=args.spacing,
+                seed=args.seed,
+                test=args.test,
+                progress=not args.quiet,
+            )
+        else:
+            out = data.make_synthetic(
+                args.out,
+                train=args.train,
+                test=args.test,
+                shape=tuple(args.shape),
+                num_classes=args.classes,
+                channels=args.channels,
+                validation=args.val,
+                seed=args.seed,
+            )
+        index = data.MSDIndex(out)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"nas3d data {args.kind}: error: {exc}", file=sys.stderr)
+        return 2
+    val = index.validation_ids or []
+    print(f"wrote {out}: {len(index.training)} training cases ({len(val)} for validation), {len(index.test)} test")
+    return 0
+
+
+def _add_data(sub) -> None:
+    data = sub.add_parser(
+        "data",
+        help="build a dataset in MSD layout (dataset.json, imagesTr/, labelsTr/, imagesTs/)",
+        description="Build a dataset in Medical Segmentation Decathlon layout. See nas3d_fast/data/mni152.py "
+        "and nas3d_fast/data/synthetic.py for how the subjects are made.",
+    )
+    kinds = data.add_subparsers(dest="kind", required=True)
+    mni = kinds.add_parser(
+        "mni152",
+        help="brain MRI subjects from the MNI152 template shipped with nilearn (nothing is downloaded)",
+        description="T1 subjects (labels: 0 background, 1 grey matter, 2 white matter) made from the ICBM 2009 "
+        "MNI152 template and its GM/WM maps inside the installed nilearn package, each with its own random "
+        "smooth deformation, bias field and noise. The last --val training subjects form the validation split "
+        "recorded in dataset.json.",
+    )
+    mni.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write")
+    mni.add_argument("--subjects", type=int, default=8, help="labelled subjects (default 8)")
+    mni.add_argument("--val", type=int, default=2, help="of which validation (default 2)")
+    mni.add_argument("--test", type=int, default=0, help="extra unlabelled subjects in imagesTs/ (default 0)")
+    mni.add_argument("--spacing", type=float, default=2.0, metavar="MM", help="isotropic voxel size (default 2)")
+    mni.add_argument("--seed", type=int, default=0)
+    mni.add_argument("--quiet", action="store_true", help="no progress bar")
+    syn = kinds.add_parser("synthetic", help="ellipsoid blobs in noise (for tests)")
+    syn.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write")
+    syn.add_argument("--train", type=int, default=4, help="labelled cases (default 4)")
+    syn.add_argument("--val", type=int, default=0, help="of which a fixed validation split (default 0: none)")
+    syn.add_argument("--test", type=int, default=1, help="unlabelled cases (default 1)")
+    syn.add_argument("--shape", type=int, nargs=3, default=[32, 32, 32], metavar=("X", "Y", "Z"))
+    syn.add_argument("--classes", type=int, default=2, help="classes including background (default 2)")
+    syn.add_argument("--channels", type=int, default=1, help="image channels (default 1)")
+    syn.add_argument("--seed", type=int, default=0)
+    data.set_defaults(func=cmd_data)
+
+
 def cmd_train(args) -> int:
     from .train.cli import run_train
 
@@ -147,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="PATH", help="write results as JSON")
     bench.set_defaults(func=cmd_bench)
     _add_infer(sub)
+    _add_data(sub)
     _add_train(sub)
     return parser
 
