@@ -22,7 +22,7 @@ def _option(text: str) -> tuple[str, object]:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", required=True, help="search space name (e.g. ronasmis)")
-    p.add_argument("--arch", required=True, metavar="ARCH.json", help="architecture JSON file, or random[:SEED]")
+    p.add_argument("--arch", required=True, metavar="ARCH.json", help="architecture JSON file, default (the space's default_arch), or random[:SEED]")
     p.add_argument("--data", required=True, metavar="DIR", help="dataset folder in MSD layout (dataset.json ...)")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (checkpoints, logs, best model)")
     p.add_argument("--space-option", action="append", type=_option, default=[], metavar="KEY=VALUE",

@@ -49,12 +49,17 @@ class PatchSample:
 
 
 def read_arch(space, arch: str):
-    """An architecture of ``space`` from a JSON file (``Arch.to_json()``'s format), or ``random:SEED``."""
+    """An architecture of ``space`` from a JSON file (``Arch.to_json()``'s format), ``random[:SEED]``, or
+    ``default`` (the space's ``default_arch()``, for spaces that have one)."""
+    if arch == "default":
+        if not hasattr(space, "default_arch"):
+            raise ValueError(f"--arch default: space {space.name!r} has no default architecture")
+        return space.default_arch()
     if arch.startswith("random"):
         _, _, seed = arch.partition(":")
         return space.sample(int(seed) if seed else 0)
     if not os.path.isfile(arch):
-        raise ValueError(f"--arch {arch} is not a file (an architecture JSON) nor random[:SEED]")
+        raise ValueError(f"--arch {arch} is not a file (an architecture JSON), default, nor random[:SEED]")
     with open(arch) as f:
         text = f.read()
     try:

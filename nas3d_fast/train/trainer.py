@@ -11,7 +11,8 @@ The trainer knows nothing about files or datasets. It takes
 
 Files in ``out_dir``: ``checkpoint.pt`` (resumable, atomically replaced every ``checkpoint_every`` steps and
 at every epoch's end), ``best.pt`` + ``best.json`` (the best validated model for ``nas3d infer``),
-``train.csv`` (one row per step), ``val.csv`` (one row per validation), ``tb/`` (TensorBoard), and
+``train.csv`` (one row per step; ``seconds`` of wall-clock since the start, ``cpu_seconds`` of this process's
+CPU time since it (re)started: on a shared machine the second says more about the cost), ``val.csv`` (one row per validation), ``tb/`` (TensorBoard), and
 ``summary.json``.
 """
 
@@ -181,7 +182,7 @@ class Trainer:
         self.best = {"metric": -math.inf, "step": None}
         self.last_val: ValResult | None = None
         fg = [f"c{c}" for c in range(1, self.num_classes)]
-        self.train_csv = _CSV(os.path.join(out_dir, "train.csv"), ["step", "epoch", "loss", "lr", "seconds"])
+        self.train_csv = _CSV(os.path.join(out_dir, "train.csv"), ["step", "epoch", "loss", "lr", "seconds", "cpu_seconds"])
         self.val_csv = _CSV(
             os.path.join(out_dir, "val.csv"),
             ["step", "epoch", "mean_dice", "mean_nsd", *[f"dice_{c}" for c in fg], *[f"nsd_{c}" for c in fg], "seconds"],
@@ -288,7 +289,7 @@ class Trainer:
         stopped_by_time = False
         try:
             it = self.batches(self.step) if self.step < cfg.total_steps else iter(())
-            t0, e0 = time.monotonic(), self.elapsed
+            t0, e0, cpu0 = time.monotonic(), self.elapsed, time.process_time()
             while self.step < cfg.total_steps:
                 self.elapsed = e0 + time.monotonic() - t0
                 if self._out_of_time():
@@ -301,7 +302,7 @@ class Trainer:
                 self.elapsed = e0 + time.monotonic() - t0
                 self.train_csv.append(
                     {"step": self.step, "epoch": self.epoch, "loss": f"{loss:.6g}", "lr": f"{lr:.6g}",
-                     "seconds": f"{self.elapsed:.2f}"}
+                     "seconds": f"{self.elapsed:.2f}", "cpu_seconds": f"{time.process_time() - cpu0:.2f}"}
                 )
                 tb.add_scalar("train/loss", loss, self.step)
                 tb.add_scalar("train/lr", lr, self.step)
