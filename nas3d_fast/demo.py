@@ -31,13 +31,13 @@ MINUTES_TARGET = 15.0
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nas3d_fast.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    p.add_argument("--time-budget", type=float, default=8.0, metavar="MINUTES",
+    p.add_argument("--time-budget", type=float, default=9.0, metavar="MINUTES",
                    help="training wall-clock budget, validation included (default 8)")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--steps-per-epoch", type=int, default=10)
     p.add_argument("--patch", type=int, nargs=3, default=[48, 48, 48], metavar=("X", "Y", "Z"))
     p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--base-channels", type=int, default=8)
     p.add_argument("--layers-per-stage", type=int, default=1, help="ronasmis layers per U-Net level")
     p.add_argument("--val-every", type=int, default=5, help="epochs between validations")
@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         loss="dice_ce", val_every=args.val_every, roi_size=tuple(args.patch), overlap=0.25, sw_batch_size=2,
         time_budget=args.time_budget, seed=args.seed, device="cpu", progress=not args.quiet,
     )
-    settings = DataSettings(patch=tuple(args.patch), batch_size=args.batch_size, augment=0.15, workers=1)
+    settings = DataSettings(patch=tuple(args.patch), batch_size=args.batch_size, augment=0.15, workers=1,
+                            max_val_cases=1)
     summary = train("ronasmis", "default", data_dir, run_dir, config, settings,
                     {"base_channels": args.base_channels, "layers_per_stage": args.layers_per_stage})
     t_train = time.monotonic() - t0

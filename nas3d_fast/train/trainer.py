@@ -60,7 +60,8 @@ class TrainConfig:
     nsd_tolerance: float = 2.0  #: mm
     amp: bool = True  #: float16 autocast and gradient scaling on CUDA (ignored on the CPU)
     checkpoint_every: int = 0  #: steps between checkpoints besides epoch ends; 0: epoch ends only
-    time_budget: float | None = None  #: minutes: stop (validate, save) once training has run this long
+    #: minutes: stop (then validate and save) when the next step would end past this much training time
+    time_budget: float | None = None
     seed: int = 0
     device: str | None = None
     progress: bool = True
@@ -262,8 +263,9 @@ class Trainer:
             self.optimizer.step()
         return float(loss.detach())
 
-    def _out_of_time(self) -> bool:
-        return bool(self.config.time_budget) and self.elapsed >= 60.0 * self.config.time_budget
+    def _out_of_time(self, step_seconds: float = 0.0) -> bool:
+        """True once the budget is spent, or would be by one more step of ``step_seconds``."""
+        return bool(self.config.time_budget) and self.elapsed + step_seconds >= 60.0 * self.config.time_budget
 
     def fit(self, resume: bool = True) -> dict:
         """Train to ``epochs * steps_per_epoch`` steps (or the time budget), validating and checkpointing;
@@ -290,16 +292,21 @@ class Trainer:
         try:
             it = self.batches(self.step) if self.step < cfg.total_steps else iter(())
             t0, e0, cpu0 = time.monotonic(), self.elapsed, time.process_time()
+            step_seconds = 0.0  # median of the recent steps' wall-clock time
+            recent: list[float] = []
             while self.step < cfg.total_steps:
                 self.elapsed = e0 + time.monotonic() - t0
-                if self._out_of_time():
+                if self._out_of_time(step_seconds):
                     stopped_by_time = True
                     break
                 lr = self._set_lr()
+                started = self.elapsed
                 x, y = next(it)
                 loss = self._train_step(x, y)
                 self.step += 1
                 self.elapsed = e0 + time.monotonic() - t0
+                recent = (recent + [self.elapsed - started])[-9:]
+                step_seconds = float(np.median(recent))
                 self.train_csv.append(
                     {"step": self.step, "epoch": self.epoch, "loss": f"{loss:.6g}", "lr": f"{lr:.6g}",
                      "seconds": f"{self.elapsed:.2f}", "cpu_seconds": f"{time.process_time() - cpu0:.2f}"}
