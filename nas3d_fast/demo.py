@@ -31,8 +31,13 @@ MINUTES_TARGET = 15.0
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nas3d_fast.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    p.add_argument("--time-budget", type=float, default=9.0, metavar="MINUTES",
-                   help="training wall-clock budget, validation included (default 8)")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=9.0,
+        metavar="MINUTES",
+        help="training wall-clock budget, validation included (default 8)",
+    )
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--steps-per-epoch", type=int, default=10)
     p.add_argument("--patch", type=int, nargs=3, default=[48, 48, 48], metavar=("X", "Y", "Z"))
@@ -74,8 +79,7 @@ def _write_png(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, spacing, 
             ax = axes[row, col]
             ax.imshow(img, cmap="gray", aspect=sy / sx)
             if lab is not None:
-                ax.imshow(np.rot90(cut(lab)), cmap=cmap, vmin=0, vmax=3, interpolation="nearest",
-                          aspect=sy / sx)
+                ax.imshow(np.rot90(cut(lab)), cmap=cmap, vmin=0, vmax=3, interpolation="nearest", aspect=sy / sx)
             ax.set_title(f"{name}: {what}", fontsize=9)
             ax.axis("off")
     fig.suptitle(title, fontsize=10)
@@ -114,18 +118,40 @@ def main(argv: list[str] | None = None) -> int:
     t_data = time.monotonic() - t0
 
     # 2. training
-    print(f"[2/4] training ronasmis (plain U-Net, {args.base_channels} base channels) for at most "
-          f"{args.time_budget:g} min or {args.epochs * args.steps_per_epoch} steps", flush=True)
+    print(
+        f"[2/4] training ronasmis (plain U-Net, {args.base_channels} base channels) for at most "
+        f"{args.time_budget:g} min or {args.epochs * args.steps_per_epoch} steps",
+        flush=True,
+    )
     t0 = time.monotonic()
     config = TrainConfig(
-        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, optimizer="adam", lr=args.lr, schedule="poly",
-        loss="dice_ce", val_every=args.val_every, roi_size=tuple(args.patch), overlap=0.25, sw_batch_size=2,
-        time_budget=args.time_budget, seed=args.seed, device="cpu", progress=not args.quiet,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        optimizer="adam",
+        lr=args.lr,
+        schedule="poly",
+        loss="dice_ce",
+        val_every=args.val_every,
+        roi_size=tuple(args.patch),
+        overlap=0.25,
+        sw_batch_size=2,
+        time_budget=args.time_budget,
+        seed=args.seed,
+        device="cpu",
+        progress=not args.quiet,
     )
-    settings = DataSettings(patch=tuple(args.patch), batch_size=args.batch_size, augment=0.15, workers=1,
-                            max_val_cases=1)
-    summary = train("ronasmis", "default", data_dir, run_dir, config, settings,
-                    {"base_channels": args.base_channels, "layers_per_stage": args.layers_per_stage})
+    settings = DataSettings(
+        patch=tuple(args.patch), batch_size=args.batch_size, augment=0.15, workers=1, max_val_cases=1
+    )
+    summary = train(
+        "ronasmis",
+        "default",
+        data_dir,
+        run_dir,
+        config,
+        settings,
+        {"base_channels": args.base_channels, "layers_per_stage": args.layers_per_stage},
+    )
     t_train = time.monotonic() - t0
 
     # 3. inference on a validation subject, on its own grid
@@ -141,8 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     model = torch.load(os.path.join(run_dir, "best.pt"), weights_only=False).eval()
     with torch.no_grad():
         labels = sliding_window_inference(
-            torch.from_numpy(prepared.image)[None], config.roi_size, 2, model, overlap=0.5, mode="gaussian",
-            output="labels", progress=not args.quiet,
+            torch.from_numpy(prepared.image)[None],
+            config.roi_size,
+            2,
+            model,
+            overlap=0.5,
+            mode="gaussian",
+            output="labels",
+            progress=not args.quiet,
         )[0, 0].numpy()
     pred = nd.restore_labels(labels, prepared.meta).astype(np.uint8)
     spacing = nd.spacing_of(affine)
@@ -156,8 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     nd.write_nifti(pred, affine, pred_path, dtype=np.uint8)
     mean_dice = float(np.nanmean(dice))
     names = [index.labels[k] for k in sorted(index.labels, key=int)][1:]
-    _write_png(image[0], truth, pred, spacing, png_path,
-               f"{case.id}: mean foreground Dice {mean_dice:.3f} (ronasmis U-Net, {summary['steps']} steps)")
+    _write_png(
+        image[0],
+        truth,
+        pred,
+        spacing,
+        png_path,
+        f"{case.id}: mean foreground Dice {mean_dice:.3f} (ronasmis U-Net, {summary['steps']} steps)",
+    )
     total = time.monotonic() - t_start
     result = {
         "case": case.id,
@@ -167,12 +205,20 @@ def main(argv: list[str] | None = None) -> int:
         "mean_foreground_dice": mean_dice,
         "mean_nsd_2mm": float(np.nanmean(nsd)),
         "targets": {"mean_foreground_dice": DICE_TARGET, "minutes": MINUTES_TARGET},
-        "seconds": {"data": round(t_data, 1), "train": round(t_train, 1), "inference": round(t_infer, 1),
-                    "demo_total": round(total, 1)},
+        "seconds": {
+            "data": round(t_data, 1),
+            "train": round(t_train, 1),
+            "inference": round(t_infer, 1),
+            "demo_total": round(total, 1),
+        },
         "training": {k: summary[k] for k in ("steps", "total_steps", "epochs", "stopped_by_time_budget", "best")},
         "threads": torch.get_num_threads(),
-        "outputs": {"prediction": pred_path, "png": png_path, "best_model": os.path.join(run_dir, "best.pt"),
-                    "run": run_dir},
+        "outputs": {
+            "prediction": pred_path,
+            "png": png_path,
+            "best_model": os.path.join(run_dir, "best.pt"),
+            "run": run_dir,
+        },
     }
     atomic_json(result, os.path.join(out, "summary.json"))
     print("[4/4] results")
@@ -182,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     ok_dice = mean_dice >= DICE_TARGET
     ok_time = total / 60 <= MINUTES_TARGET
     print(f"  mean foreground Dice {mean_dice:.4f} (target >= {DICE_TARGET:.2f}: {'met' if ok_dice else 'MISSED'})")
-    print(f"  demo time {total / 60:.1f} min, of which training {t_train / 60:.1f} min "
-          f"(target <= {MINUTES_TARGET:g} min including installation: {'met' if ok_time else 'MISSED'})")
+    print(
+        f"  demo time {total / 60:.1f} min, of which training {t_train / 60:.1f} min "
+        f"(target <= {MINUTES_TARGET:g} min including installation: {'met' if ok_time else 'MISSED'})"
+    )
     print(f"  wrote {pred_path}, {png_path}, {os.path.join(out, 'summary.json')}")
     return 0
 

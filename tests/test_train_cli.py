@@ -25,9 +25,34 @@ def dataset(tmp_path_factory):
 
 def _train(dataset, out, *extra):
     return cli.main(
-        ["train", "--space", "ronasmis", *SPACE_OPTS, "--arch", "default", "--data", dataset, "--out", str(out),
-         "--epochs", "2", "--steps-per-epoch", "3", "--patch", "16", "16", "16", "--batch-size", "2",
-         "--lr", "0.01", "--quiet", "--device", "cpu", *extra]
+        [
+            "train",
+            "--space",
+            "ronasmis",
+            *SPACE_OPTS,
+            "--arch",
+            "default",
+            "--data",
+            dataset,
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--steps-per-epoch",
+            "3",
+            "--patch",
+            "16",
+            "16",
+            "16",
+            "--batch-size",
+            "2",
+            "--lr",
+            "0.01",
+            "--quiet",
+            "--device",
+            "cpu",
+            *extra,
+        ]
     )
 
 
@@ -47,7 +72,7 @@ def test_train_then_infer(dataset, tmp_path, capsys):
     model = model_from_checkpoint(str(out / "checkpoint.pt"))
     assert sum(p.numel() for p in model.parameters()) > 0
 
-    image = os.path.join(dataset, "imagesTs", sorted(os.listdir(os.path.join(dataset, "imagesTs")))[0])
+    image = os.path.join(dataset, "imagesTs", min(os.listdir(os.path.join(dataset, "imagesTs"))))
     pred = tmp_path / "pred.nii.gz"
     assert cli.main(["infer", "--model", str(out / "best.pt"), "--input", image, "--output", str(pred), "--quiet"]) == 0
     src, lab = nib.load(image), nib.load(str(pred))

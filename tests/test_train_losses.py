@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss as MonaiDiceCE
-from monai.losses import FocalLoss as MonaiFocal
 from monai.losses import DiceLoss as MonaiDice
+from monai.losses import FocalLoss as MonaiFocal
 from monai.metrics import DiceMetric, compute_surface_dice
 
 from nas3d_fast.train.losses import LOSSES, DiceCELoss, DiceFocalLoss, DiceLoss, focal, make_loss, soft_dice
@@ -90,7 +90,7 @@ def test_dice_per_class_matches_monai_metric(seed):
     truth = rng.integers(0, 4, (9, 8, 7))
     truth[truth == 3] = 0  # class 3 absent from the truth: NaN (ignore_empty)
     ours = dice_per_class(pred, truth, 4)
-    onehot = lambda a: F.one_hot(torch.as_tensor(a), 4).permute(3, 0, 1, 2)[None].float()  # noqa: E731
+    onehot = lambda a: F.one_hot(torch.as_tensor(a), 4).permute(3, 0, 1, 2)[None].float()
     ref = DiceMetric(include_background=False, reduction="none")(onehot(pred), onehot(truth))[0].numpy()
     np.testing.assert_allclose(ours, ref, rtol=1e-6, equal_nan=True)
     assert np.isnan(ours[2])
@@ -151,7 +151,7 @@ def test_nsd_matches_monai(seed):
     truth = np.digitize(noise[1], [-0.05, 0.05])
     spacing = (1.0, 2.0, 1.5)
     ours = nsd_per_class(pred, truth, 3, spacing, [2.0, 3.0])
-    onehot = lambda a: F.one_hot(torch.as_tensor(a), 3).permute(3, 0, 1, 2)[None].float()  # noqa: E731
+    onehot = lambda a: F.one_hot(torch.as_tensor(a), 3).permute(3, 0, 1, 2)[None].float()
     ref = compute_surface_dice(onehot(pred), onehot(truth), [2.0, 3.0], spacing=spacing)[0].numpy()
     np.testing.assert_allclose(ours, ref, rtol=1e-6)
 

@@ -1,5 +1,7 @@
 """Optimisers (NovoGrad against monai.optimizers.Novograd) and learning-rate schedules (C2FNAS §4.1)."""
 
+import itertools
+
 import pytest
 import torch
 from monai.optimizers import Novograd as MonaiNovograd
@@ -78,7 +80,7 @@ def test_poly_and_constant():
     lrs = _lrs("poly", 100, power=0.9)
     assert lrs[0] == pytest.approx(0.02)
     assert lrs[50] == pytest.approx(0.02 * 0.5**0.9)
-    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert all(a > b for a, b in itertools.pairwise(lrs))
     assert set(_lrs("constant", 20)) == {0.02}
 
 

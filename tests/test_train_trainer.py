@@ -34,9 +34,7 @@ def blob_sample(i, rng):
 
 def tiny_model():
     torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 1)
-    )
+    return torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 1))
 
 
 META = {"space": "test", "space_options": {}, "arch": {"layers": 2}, "in_channels": 1, "num_classes": 2}
@@ -49,7 +47,14 @@ def val_cases():
 
 
 def make_trainer(out, on_step=None, **kw):
-    settings = dict(epochs=3, steps_per_epoch=4, lr=0.01, roi_size=(8, 8, 8), checkpoint_every=5, progress=False)
+    settings = {
+        "epochs": 3,
+        "steps_per_epoch": 4,
+        "lr": 0.01,
+        "roi_size": (8, 8, 8),
+        "checkpoint_every": 5,
+        "progress": False,
+    }
     cfg = TrainConfig(device="cpu", **{**settings, **kw})
     batches = StepBatches(blob_sample, batch_size=2, total_steps=cfg.total_steps, seed=7)
     return Trainer(tiny_model(), cfg, str(out), batches, val_cases(), META, on_step=on_step)

@@ -87,11 +87,24 @@ class DiceLoss(nn.Module):
     """1 - soft Dice, averaged over classes (and batch items); ``squared=True`` squares the prediction
     (and truth) in the denominator; ``jaccard=True`` gives the soft Jaccard (IoU) loss."""
 
-    def __init__(self, squared: bool = False, jaccard: bool = False, include_background: bool = True,
-                 batch: bool = False, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5):
+    def __init__(
+        self,
+        squared: bool = False,
+        jaccard: bool = False,
+        include_background: bool = True,
+        batch: bool = False,
+        smooth_nr: float = 1e-5,
+        smooth_dr: float = 1e-5,
+    ):
         super().__init__()
-        self.kw = dict(squared=squared, jaccard=jaccard, include_background=include_background, batch=batch,
-                       smooth_nr=smooth_nr, smooth_dr=smooth_dr)
+        self.kw = {
+            "squared": squared,
+            "jaccard": jaccard,
+            "include_background": include_background,
+            "batch": batch,
+            "smooth_nr": smooth_nr,
+            "smooth_dr": smooth_dr,
+        }
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (1.0 - soft_dice(logits, target, **self.kw)).mean()

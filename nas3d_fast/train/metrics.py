@@ -84,7 +84,9 @@ def surface_dice(pred_mask: np.ndarray, true_mask: np.ndarray, spacing: Sequence
     return float(good / (sp.sum() + st.sum()))
 
 
-def nsd_per_class(pred, truth, num_classes: int, spacing: Sequence[float], tolerance: float | Sequence[float]) -> np.ndarray:
+def nsd_per_class(
+    pred, truth, num_classes: int, spacing: Sequence[float], tolerance: float | Sequence[float]
+) -> np.ndarray:
     """NSD of classes 1..num_classes-1 with ``tolerance`` in mm (one value, or one per foreground class) and
     voxel ``spacing`` (mm per axis): (num_classes - 1,) float64, NaN where the class is absent from the truth
     (0 where it is absent from the prediction only)."""
@@ -94,7 +96,9 @@ def nsd_per_class(pred, truth, num_classes: int, spacing: Sequence[float], toler
         raise ValueError(f"spacing must be three positive voxel sizes in mm, got {spacing}")
     tol = [float(tolerance)] * (num_classes - 1) if np.isscalar(tolerance) else [float(x) for x in tolerance]
     if len(tol) != num_classes - 1 or min(tol) < 0:
-        raise ValueError(f"tolerance must be one value >= 0 or one per foreground class ({num_classes - 1}), got {tolerance}")
+        raise ValueError(
+            f"tolerance must be one value >= 0 or one per foreground class ({num_classes - 1}), got {tolerance}"
+        )
     out = np.full(num_classes - 1, np.nan)
     for c in range(1, num_classes):
         tc = t == c

@@ -24,16 +24,30 @@ class NovoGrad(torch.optim.Optimizer):
     those of ``monai.optimizers.Novograd``.
     """
 
-    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.98),
-                 eps: float = 1e-8, weight_decay: float = 0.0, grad_averaging: bool = False, amsgrad: bool = False):
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        grad_averaging: bool = False,
+        amsgrad: bool = False,
+    ):
         if lr < 0:
             raise ValueError(f"lr must be >= 0, got {lr}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
         if eps < 0 or weight_decay < 0:
             raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        grad_averaging=grad_averaging, amsgrad=amsgrad)
+        defaults = {
+            "lr": lr,
+            "betas": tuple(betas),
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "grad_averaging": grad_averaging,
+            "amsgrad": amsgrad,
+        }
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -82,8 +96,9 @@ class NovoGrad(torch.optim.Optimizer):
 OPTIMIZERS = ("adam", "sgd", "momentum", "nesterov", "novograd")
 
 
-def make_optimizer(name: str, params: Iterable, lr: float, weight_decay: float = 0.0,
-                   momentum: float = 0.9) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str, params: Iterable, lr: float, weight_decay: float = 0.0, momentum: float = 0.9
+) -> torch.optim.Optimizer:
     """``adam``; ``sgd`` (no momentum); ``momentum`` (SGD, heavy ball); ``nesterov``; ``novograd``."""
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
@@ -111,12 +126,22 @@ class LRFactor:
     A plain callable object so that ``LambdaLR.state_dict`` saves it (and checkpoints resume it).
     """
 
-    def __init__(self, kind: str, total_steps: int, warmup_steps: int = 0, warmup_start: float = 0.0,
-                 power: float = 0.9, milestones: Sequence[int] = (), gamma: float = 0.5):
+    def __init__(
+        self,
+        kind: str,
+        total_steps: int,
+        warmup_steps: int = 0,
+        warmup_start: float = 0.0,
+        power: float = 0.9,
+        milestones: Sequence[int] = (),
+        gamma: float = 0.5,
+    ):
         if kind not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {kind!r}")
         if total_steps <= 0 or warmup_steps < 0 or warmup_steps > total_steps:
-            raise ValueError(f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}) and total_steps > 0")
+            raise ValueError(
+                f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}) and total_steps > 0"
+            )
         if list(milestones) != sorted(milestones):
             raise ValueError(f"milestones must be increasing, got {list(milestones)}")
         self.kind, self.total_steps, self.warmup_steps = kind, int(total_steps), int(warmup_steps)

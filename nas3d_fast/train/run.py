@@ -100,7 +100,11 @@ def train(
     train_volumes = nd.VolumeDataset(data_dir, train_ids, pre)
     augment = nd.Augmentations(p=data.augment) if data.augment > 0 else None
     patches = nd.PatchDataset(
-        train_volumes, data.patch, config.steps_per_epoch * data.batch_size, ratio=data.ratio, seed=config.seed,
+        train_volumes,
+        data.patch,
+        config.steps_per_epoch * data.batch_size,
+        ratio=data.ratio,
+        seed=config.seed,
         augment=augment,
     )
     batches = StepBatches(PatchSample(patches), data.batch_size, config.total_steps, config.seed, data.workers)
@@ -121,13 +125,23 @@ def train(
         "num_classes": num_classes,
         "labels": {str(k): v for k, v in index.labels.items()},
         "preprocessing": pre.to_dict(),
-        "data": {"root": os.path.abspath(data_dir), "train": list(train_ids), "val": list(val_ids),
-                 "patch": list(data.patch), "batch_size": data.batch_size, "augment": data.augment,
-                 "ratio": list(data.ratio)},
+        "data": {
+            "root": os.path.abspath(data_dir),
+            "train": list(train_ids),
+            "val": list(val_ids),
+            "patch": list(data.patch),
+            "batch_size": data.batch_size,
+            "augment": data.augment,
+            "ratio": list(data.ratio),
+        },
     }
     settings = InferSettings(
-        in_channels=in_channels, roi_size=tuple(config.roi_size), overlap=config.overlap, mode="gaussian",
-        sw_batch_size=config.sw_batch_size, intensity=dict(data.intensity),
+        in_channels=in_channels,
+        roi_size=tuple(config.roi_size),
+        overlap=config.overlap,
+        mode="gaussian",
+        sw_batch_size=config.sw_batch_size,
+        intensity=dict(data.intensity),
     )
     os.makedirs(out_dir, exist_ok=True)
     from .checkpoint import atomic_write

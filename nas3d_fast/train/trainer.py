@@ -171,11 +171,18 @@ class Trainer:
         self.amp = bool(config.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
         self.lr_factor = LRFactor(
-            config.schedule, config.total_steps, config.warmup_steps, config.warmup_start, config.power,
-            config.milestones, config.gamma,
+            config.schedule,
+            config.total_steps,
+            config.warmup_steps,
+            config.warmup_start,
+            config.power,
+            config.milestones,
+            config.gamma,
         )
         self.infer_settings = infer_settings or InferSettings(
-            in_channels=int(meta["in_channels"]), roi_size=config.roi_size, overlap=config.overlap,
+            in_channels=int(meta["in_channels"]),
+            roi_size=config.roi_size,
+            overlap=config.overlap,
             sw_batch_size=config.sw_batch_size,
         )
         self.meta["infer"] = ck.infer_settings_dict(self.infer_settings)
@@ -183,10 +190,20 @@ class Trainer:
         self.best = {"metric": -math.inf, "step": None}
         self.last_val: ValResult | None = None
         fg = [f"c{c}" for c in range(1, self.num_classes)]
-        self.train_csv = _CSV(os.path.join(out_dir, "train.csv"), ["step", "epoch", "loss", "lr", "seconds", "cpu_seconds"])
+        self.train_csv = _CSV(
+            os.path.join(out_dir, "train.csv"), ["step", "epoch", "loss", "lr", "seconds", "cpu_seconds"]
+        )
         self.val_csv = _CSV(
             os.path.join(out_dir, "val.csv"),
-            ["step", "epoch", "mean_dice", "mean_nsd", *[f"dice_{c}" for c in fg], *[f"nsd_{c}" for c in fg], "seconds"],
+            [
+                "step",
+                "epoch",
+                "mean_dice",
+                "mean_nsd",
+                *[f"dice_{c}" for c in fg],
+                *[f"nsd_{c}" for c in fg],
+                "seconds",
+            ],
         )
 
     # -- paths and checkpoints ----------------------------------------------------------------------
@@ -308,8 +325,14 @@ class Trainer:
                 recent = (recent + [self.elapsed - started])[-9:]
                 step_seconds = float(np.median(recent))
                 self.train_csv.append(
-                    {"step": self.step, "epoch": self.epoch, "loss": f"{loss:.6g}", "lr": f"{lr:.6g}",
-                     "seconds": f"{self.elapsed:.2f}", "cpu_seconds": f"{time.process_time() - cpu0:.2f}"}
+                    {
+                        "step": self.step,
+                        "epoch": self.epoch,
+                        "loss": f"{loss:.6g}",
+                        "lr": f"{lr:.6g}",
+                        "seconds": f"{self.elapsed:.2f}",
+                        "cpu_seconds": f"{time.process_time() - cpu0:.2f}",
+                    }
                 )
                 tb.add_scalar("train/loss", loss, self.step)
                 tb.add_scalar("train/lr", lr, self.step)
@@ -353,10 +376,19 @@ class Trainer:
                 return self.model(x).float()
 
         for case in self.val_cases:
-            labels = sliding_window_inference(
-                case.image.to(self.device), cfg.roi_size, cfg.sw_batch_size, predict, overlap=cfg.overlap,
-                mode="gaussian", output="labels",
-            )[0, 0].cpu().numpy()
+            labels = (
+                sliding_window_inference(
+                    case.image.to(self.device),
+                    cfg.roi_size,
+                    cfg.sw_batch_size,
+                    predict,
+                    overlap=cfg.overlap,
+                    mode="gaussian",
+                    output="labels",
+                )[0, 0]
+                .cpu()
+                .numpy()
+            )
             dice.append(dice_per_class(labels, case.label, self.num_classes))
             nsd.append(nsd_per_class(labels, case.label, self.num_classes, case.spacing, cfg.nsd_tolerance))
         return ValResult(self.step, np.array(dice), np.array(nsd), [c.name for c in self.val_cases])
@@ -365,8 +397,13 @@ class Trainer:
         res = self.validate()
         self.last_val = res
         fg = range(1, self.num_classes)
-        row = {"step": self.step, "epoch": self.epoch, "mean_dice": f"{res.mean_dice:.6f}",
-               "mean_nsd": f"{res.mean_nsd:.6f}", "seconds": f"{self.elapsed:.2f}"}
+        row = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "mean_dice": f"{res.mean_dice:.6f}",
+            "mean_nsd": f"{res.mean_nsd:.6f}",
+            "seconds": f"{self.elapsed:.2f}",
+        }
         with np.errstate(all="ignore"), _quiet_nan():
             per_dice, per_nsd = np.nanmean(res.dice, 0), np.nanmean(res.nsd, 0)
         for c, d, n in zip(fg, per_dice, per_nsd):
