@@ -4,6 +4,7 @@ nas3d info           versions (torch, CUDA, Triton, compilers) and the backend t
 nas3d bench SUITE    a benchmark suite side by side with its baselines (see benchmarks/run.py)
 nas3d infer ...      label maps for NIfTI images with a checkpoint (see nas3d_fast/inference/checkpoint.py)
 nas3d data ...       datasets in MSD layout: `mni152` (real MRI from nilearn's template), `synthetic` (blobs)
+nas3d train ...      train one architecture of a search space on an MSD-layout dataset (nas3d_fast/train)
 """
 
 from __future__ import annotations
@@ -184,6 +185,27 @@ def _add_data(sub) -> None:
     data.set_defaults(func=cmd_data)
 
 
+def cmd_train(args) -> int:
+    from .train.cli import run_train
+
+    return run_train(args)
+
+
+def _add_train(sub) -> None:
+    from .train.cli import add_train_arguments
+
+    train = sub.add_parser(
+        "train",
+        help="train an architecture of a search space on an MSD-layout dataset",
+        description="Train one architecture (ARCH.json, as Arch.to_json() writes it) of a search space on a "
+        "Medical Segmentation Decathlon folder; writes a resumable checkpoint, the best model for `nas3d infer` "
+        "(RUN/best.pt + best.json), CSV and TensorBoard logs and RUN/summary.json. Rerunning the same command "
+        "resumes from RUN/checkpoint.pt.",
+    )
+    add_train_arguments(train)
+    train.set_defaults(func=cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nas3d", description="Fast NAS for 3D medical image segmentation.")
     parser.add_argument("--version", action="version", version=f"nas3d_fast {__version__}")
@@ -196,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
     _add_infer(sub)
     _add_data(sub)
+    _add_train(sub)
     return parser
 
 

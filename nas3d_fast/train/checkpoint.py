@@ -1,0 +1,129 @@
+"""Training checkpoints (resumable) and the inference checkpoint that ``nas3d infer`` reads.
+
+A training checkpoint ``RUN/checkpoint.pt`` is a ``torch.save``d dict (``format: nas3d-train-1``)::
+
+    model, optimizer, scaler          state dicts (scaler: None without mixed precision)
+    step, epoch, elapsed              optimiser steps done, epochs started, training seconds so far
+    best                              {"metric": best mean foreground Dice, "step": when}
+    rng                               python, numpy, torch CPU and CUDA generator states
+    meta                              what rebuilds the model and its inputs (JSON-able):
+        space, space_options, arch    the space name, its options and arch.to_json() parsed
+        in_channels, num_classes
+        preprocessing                 spacing, intensity normalisation... (what the data side used)
+        infer                         the inference settings (inference/checkpoint.py's format)
+    config                            the training settings (TrainConfig as a dict)
+
+The learning-rate schedule needs no state: it is a function of the step (and of the elapsed time under a
+time budget). Every file is written to a temporary name in the same folder, flushed to disk and renamed
+over the target (``os.replace`` is atomic on POSIX), so a kill at any moment leaves either the previous
+complete file or the new complete file, never a partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..inference.checkpoint import FORMAT as INFER_FORMAT
+from ..inference.checkpoint import InferSettings
+
+TRAIN_FORMAT = "nas3d-train-1"
+
+
+def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_json(obj: Any, path: str) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"), mode="w")
+
+
+def rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_training_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
+    """The dict of a training checkpoint; ValueError naming the file if it is not one."""
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"checkpoint {path} is not readable: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != TRAIN_FORMAT:
+        raise ValueError(f"checkpoint {path} is not a training checkpoint (format {TRAIN_FORMAT!r})")
+    return ckpt
+
+
+def build_model(meta: dict) -> torch.nn.Module:
+    """The network a checkpoint's ``meta`` describes (space, options, architecture), freshly initialised."""
+    from ..spaces import base
+
+    space = base.get(meta["space"], **meta.get("space_options", {}))
+    arch = space.arch_from_json(meta["arch"])
+    return space.build(arch, int(meta["in_channels"]), int(meta["num_classes"]))
+
+
+def model_from_checkpoint(path: str, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """The trained network of a training checkpoint (rebuilt from its meta, weights loaded), in eval mode."""
+    ckpt = load_training_checkpoint(path, map_location)
+    model = build_model(ckpt["meta"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def infer_settings_dict(settings: InferSettings) -> dict:
+    d = {"format": INFER_FORMAT}
+    for name in InferSettings.__dataclass_fields__:
+        value = getattr(settings, name)
+        d[name] = list(value) if isinstance(value, tuple) else value
+    return d
+
+
+def write_inference_checkpoint(model: torch.nn.Module, settings: InferSettings, path: str) -> None:
+    """``path`` (NAME.pt: the whole module, on the CPU, in eval mode) and NAME.json (``settings``), the pair
+    ``nas3d infer --model NAME.pt`` reads; each file is written atomically."""
+    if not path.endswith(".pt"):
+        raise ValueError(f"inference checkpoint path must end in .pt, got {path}")
+    import copy
+
+    cpu = copy.deepcopy(model).cpu().eval()
+    atomic_json(infer_settings_dict(settings), os.path.splitext(path)[0] + ".json")
+    atomic_save(cpu, path)

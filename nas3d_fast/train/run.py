@@ -1,0 +1,159 @@
+"""``nas3d train``: one network of a search space trained on an MSD-layout dataset (the glue between the
+data side, ``nas3d_fast.data``, the spaces and the :class:`~nas3d_fast.train.trainer.Trainer`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from ..inference.checkpoint import InferSettings
+from .batches import StepBatches
+from .trainer import TrainConfig, Trainer, ValCase
+
+
+@dataclass
+class DataSettings:
+    """What the data side is asked for. ``intensity``/``spacing``/``crop_nonzero`` are
+    ``nas3d_fast.data.Preprocessing``'s; ``augment`` is the probability of each T-AutoML augmentation
+    (0 turns them off); ``ratio`` the foreground:background patch ratio; ``fold`` picks a 5-fold CV fold
+    instead of dataset.json's validation list."""
+
+    patch: tuple[int, int, int] = (64, 64, 64)
+    batch_size: int = 2
+    spacing: tuple[float, float, float] | None = None
+    intensity: dict = field(default_factory=lambda: {"kind": "zscore", "nonzero": False})
+    crop_nonzero: bool = False
+    augment: float = 0.15
+    ratio: tuple[int, int] = (1, 1)
+    fold: int | None = None
+    workers: int = 0
+    max_val_cases: int | None = None
+
+
+class PatchSample:
+    """``sample(i, rng)`` for :class:`StepBatches` over a ``nas3d_fast.data.PatchDataset``: global sample
+    ``i`` is item ``i % samples_per_epoch`` of epoch ``i // samples_per_epoch`` (the dataset seeds each item
+    from (seed, epoch, item), so ``rng`` is not needed). Picklable, for DataLoader workers."""
+
+    def __init__(self, patches):
+        self.patches = patches
+
+    def __call__(self, i: int, rng=None):
+        per_epoch = self.patches.samples_per_epoch
+        self.patches.set_epoch(i // per_epoch)
+        item = self.patches[i % per_epoch]
+        return item["image"], item["label"]
+
+
+def read_arch(space, arch: str):
+    """An architecture of ``space`` from a JSON file (``Arch.to_json()``'s format), ``random[:SEED]``, or
+    ``default`` (the space's ``default_arch()``, for spaces that have one)."""
+    if arch == "default":
+        if not hasattr(space, "default_arch"):
+            raise ValueError(f"--arch default: space {space.name!r} has no default architecture")
+        return space.default_arch()
+    if arch.startswith("random"):
+        _, _, seed = arch.partition(":")
+        return space.sample(int(seed) if seed else 0)
+    if not os.path.isfile(arch):
+        raise ValueError(f"--arch {arch} is not a file (an architecture JSON), default, nor random[:SEED]")
+    with open(arch) as f:
+        text = f.read()
+    try:
+        return space.arch_from_json(text)
+    except ValueError as exc:
+        raise ValueError(f"--arch {arch}: {exc}") from exc
+
+
+def train(
+    space_name: str,
+    arch: str,
+    data_dir: str,
+    out_dir: str,
+    config: TrainConfig,
+    data: DataSettings | None = None,
+    space_options: dict | None = None,
+    resume: bool = True,
+) -> dict:
+    """Train ``arch`` (a JSON file or ``random:SEED``) of space ``space_name`` on the MSD dataset in
+    ``data_dir``; writes everything the Trainer writes to ``out_dir`` (plus ``arch.json``). Returns the
+    summary."""
+    from .. import data as nd
+    from ..spaces import base
+
+    data = data or DataSettings()
+    space = base.get(space_name, **(space_options or {}))
+    the_arch = read_arch(space, arch)
+    space.check_patch(data.patch)
+    index = nd.MSDIndex(data_dir)
+    num_classes = len(index.labels)
+    in_channels = max(1, len(index.modality))
+    if num_classes < 2:
+        raise ValueError(f"dataset {data_dir}: dataset.json must list at least two labels, got {index.labels}")
+    train_ids, val_ids = nd.split(index, fold=data.fold)
+    if data.max_val_cases is not None:
+        val_ids = val_ids[: data.max_val_cases]
+    pre = nd.Preprocessing(spacing=data.spacing, intensity=dict(data.intensity), crop_nonzero=data.crop_nonzero)
+    train_volumes = nd.VolumeDataset(data_dir, train_ids, pre)
+    augment = nd.Augmentations(p=data.augment) if data.augment > 0 else None
+    patches = nd.PatchDataset(
+        train_volumes,
+        data.patch,
+        config.steps_per_epoch * data.batch_size,
+        ratio=data.ratio,
+        seed=config.seed,
+        augment=augment,
+    )
+    batches = StepBatches(PatchSample(patches), data.batch_size, config.total_steps, config.seed, data.workers)
+    val_volumes = nd.VolumeDataset(data_dir, val_ids, pre)
+    val_cases = []
+    for i in range(len(val_volumes)):
+        item = val_volumes[i]
+        val_cases.append(
+            ValCase(item["id"], item["image"][None], item["label"][0].numpy(), tuple(float(s) for s in item["spacing"]))
+        )
+    torch.manual_seed(config.seed)
+    model = space.build(the_arch, in_channels, num_classes)
+    meta = {
+        "space": space.name,
+        "space_options": dict(space.options),
+        "arch": json.loads(the_arch.to_json()),
+        "in_channels": in_channels,
+        "num_classes": num_classes,
+        "labels": {str(k): v for k, v in index.labels.items()},
+        "preprocessing": pre.to_dict(),
+        "data": {
+            "root": os.path.abspath(data_dir),
+            "train": list(train_ids),
+            "val": list(val_ids),
+            "patch": list(data.patch),
+            "batch_size": data.batch_size,
+            "augment": data.augment,
+            "ratio": list(data.ratio),
+        },
+    }
+    settings = InferSettings(
+        in_channels=in_channels,
+        roi_size=tuple(config.roi_size),
+        overlap=config.overlap,
+        mode="gaussian",
+        sw_batch_size=config.sw_batch_size,
+        intensity=dict(data.intensity),
+    )
+    if data.spacing is not None or data.crop_nonzero or data.intensity.get("nonzero"):
+        # nas3d infer's format has no resampling, cropping or non-zero statistics (inference/checkpoint.py)
+        warnings.warn(
+            "best.pt/best.json describe the intensity only: `nas3d infer` will not resample, crop or take "
+            "non-zero statistics as this training's preprocessing does; preprocess its inputs the same way",
+            stacklevel=2,
+        )
+    os.makedirs(out_dir, exist_ok=True)
+    from .checkpoint import atomic_write
+
+    atomic_write(os.path.join(out_dir, "arch.json"), lambda f: f.write(the_arch.to_json(indent=2) + "\n"), mode="w")
+    trainer = Trainer(model, config, out_dir, batches, val_cases, meta, infer_settings=settings)
+    return trainer.fit(resume=resume)
