@@ -2,7 +2,7 @@
 
 Only the convolutions hold enough to matter: the slow (im2col) paths build column buffers of
 C_in/groups x kernel volume x output voxels, and oneDNN reorders its output or gradient into a buffer
-of the same size. The sizes below were read off the CPU allocator's events (torch.profiler memory
+of the same size (oneDNN pads channels to blocks of 8). The sizes below were read off the CPU allocator's events (torch.profiler memory
 events) of torch 2.x's kernels, per backend that ``torch._C._select_conv_backend`` picks:
 
 ==================  ===========================================  =========================================
@@ -11,8 +11,10 @@ backend             forward (live with the output)               backward
 Slow3d              columns, N x (C_in k^3) x out voxels         columns, live with the input gradient
                     (none for a 1x1x1, stride 1 convolution)
 SlowDilated3d       columns of one sample                        columns of one sample
-Mkldnn              max(output, weight)                          2 x grad_output + weight before the
-                                                                 gradients, then grad_output beside them
+Mkldnn              blocked input copy (channels a multiple of    blocked grad_output, weight and input
+                    8) + weight + blocked output, then the       gradient, then the blocked input gradient
+                    blocked output beside the plain one          (or blocked grad_output + an input copy)
+                                                                 beside the gradients
 ==================  ===========================================  =========================================
 
 Each model returns ``(before, during)``: bytes held briefly before the op's outputs exist, and bytes
@@ -36,6 +38,12 @@ def _proxy(t: torch.Tensor) -> torch.Tensor:
     """A CPU tensor of t's shape and dtype holding one element (torch picks a convolution's backend
     from shapes, dtypes and devices; a meta tensor would pick none)."""
     return torch.empty((1,) * t.dim(), dtype=t.dtype).expand(t.shape)
+
+
+def _blocked(t: torch.Tensor) -> int:
+    """Bytes of t in oneDNN's blocked layout: channels padded up to a multiple of 8."""
+    channels = t.shape[1]
+    return _nbytes(t) // max(channels, 1) * (-(-channels // 8) * 8)
 
 
 def _conv_backend(x, weight, stride, padding, dilation, transposed, output_padding, groups) -> str:
@@ -67,7 +75,10 @@ def _conv_forward(args, out) -> tuple[int, int]:
     if backend == "SlowDilated3d":
         return 0, _columns(x, weight, out_voxels, per_sample=True)
     if backend == "Mkldnn":
-        return 0, max(_nbytes(out), _nbytes(weight))
+        # input reordered to oneDNN's blocked layout (channels in blocks of 8) when its channels fill
+        # whole blocks; output computed blocked (channels padded to 8), then copied to the plain one
+        reordered = _nbytes(x) if x.shape[1] % 8 == 0 else 0
+        return reordered + _nbytes(weight) + _blocked(out), _blocked(out)
     return 0, 0
 
 
@@ -82,11 +93,22 @@ def _conv_backward(args, out) -> tuple[int, int]:
     if backend == "SlowDilated3d":
         return 0, _columns(x, weight, out_voxels, per_sample=True)
     if backend == "Mkldnn":
-        return 2 * _nbytes(grad_out) + _nbytes(weight), _nbytes(grad_out)
+        # blocked grad_output + weight + blocked input gradient; then the blocked input gradient is
+        # copied to the plain one; the weight gradient reads a blocked grad_output (and, for outputs
+        # whose channels do not fill blocks, a blocked copy of the input)
+        grad_in = _blocked(x)
+        before = _blocked(grad_out) + _nbytes(weight) + grad_in
+        weight_pass = _blocked(grad_out) + (_nbytes(x) if grad_out.shape[1] % 8 else 0)
+        return before, max(grad_in, weight_pass)
     return 0, 0
 
 
+def _batch_norm_backward(args, out) -> tuple[int, int]:
+    return 0, _nbytes(args[1])  # a temporary of the input's size beside the input gradient
+
+
 CPU_MODELS = {
+    aten.native_batch_norm_backward.default: _batch_norm_backward,
     aten.convolution.default: _conv_forward,
     aten.convolution_backward.default: _conv_backward,
 }
