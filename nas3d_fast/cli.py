@@ -3,6 +3,7 @@
 nas3d info           versions (torch, CUDA, Triton, compilers) and the backend table
 nas3d bench SUITE    a benchmark suite side by side with its baselines (see benchmarks/run.py)
 nas3d infer ...      label maps for NIfTI images with a checkpoint (see nas3d_fast/inference/checkpoint.py)
+nas3d profile ...    training-step peak memory of a space's candidates (see nas3d_fast/profile/cli.py)
 """
 
 from __future__ import annotations
@@ -114,6 +115,12 @@ def _add_infer(sub) -> None:
     infer.set_defaults(func=cmd_infer)
 
 
+def _add_profile(sub) -> None:
+    from .profile.cli import add_parser
+
+    add_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nas3d", description="Fast NAS for 3D medical image segmentation.")
     parser.add_argument("--version", action="version", version=f"nas3d_fast {__version__}")
@@ -125,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="PATH", help="write results as JSON")
     bench.set_defaults(func=cmd_bench)
     _add_infer(sub)
+    _add_profile(sub)
     return parser
 
 

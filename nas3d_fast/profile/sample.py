@@ -114,7 +114,7 @@ def sample_within(
     span = f"peaks {min(peaks) / MiB:.1f}..{max(peaks) / MiB:.1f} MiB ({where}) over {len(seen)} distinct candidates"
     if min(peaks) > budget:
         raise BudgetError(
-            f"{space.name}: budget {budget / MiB:.1f} MiB is below the smallest candidate found "
+            f"{space.name}: budget {budget} bytes ({budget / MiB:.1f} MiB) is below the smallest candidate found "
             f"({min(peaks) / MiB:.1f} MiB) after {max_tries} tries at patch {tuple(input_shape)}, batch "
             f"{batch_size}: infeasible for this space; {span}"
         )
