@@ -44,6 +44,10 @@ def trace_training(
     shape = check_args(input_shape, batch_size, num_classes, steps)
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if amp:
+        raise NotImplementedError(
+            "amp=True is not predicted: autocast does not apply to meta tensors; use measure_training_memory"
+        )
     loss_fn = make_loss(loss)
     tracker = LifetimeTracker(workspace=cpu_workspace if target == "cpu" else None)
     params = {
@@ -110,7 +114,8 @@ def predict_training_memory(
     Args:
         model: any module mapping (N, C, X, Y, Z) to (N, num_classes, X, Y, Z); real, meta or fake
             parameters. Models of nas3d ops work through the ops' fake kernels.
-        input_shape: (C, X, Y, Z) of one sample. batch_size, num_classes, loss, optimizer, amp: as measured.
+        input_shape: (C, X, Y, Z) of one sample. batch_size, num_classes, loss, optimizer: as measured.
+        amp: must be False (autocast does not apply to meta tensors: mixed precision is not predicted).
         device: ignored (accepted so that the measure and predict calls take the same arguments).
         steps: training steps; at most two are traced (from the second on, steps repeat exactly).
         target: "cuda" (the caching allocator model) or "cpu" (the CPU allocator, with modelled
