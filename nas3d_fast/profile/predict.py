@@ -34,7 +34,8 @@ def trace_training(
     steps: int = 2,
     target: str = "cuda",
 ) -> LifetimeTracker:
-    """The allocation trace of ``steps`` training steps of ``model`` on meta tensors.
+    """The allocation trace of training steps of ``model`` on meta tensors: the first step when
+    ``steps`` is 1, else a step of the steady state (the optimiser's state allocated before it).
 
     The model's parameters and buffers (real or meta) are stood in for by meta tensors of the
     same shapes (``torch.func.functional_call``; the model itself is not changed). Parameters are
@@ -64,16 +65,31 @@ def trace_training(
     state = {**params, **buffers}
     trainable = [p for p in params.values() if p.requires_grad]
     opt = make_optimizer(optimizer, trainable, foreach=True if target == "cuda" else None)
+    phase = _phases(tracker, trainable, opt, target)
 
     def forward(x):
         return torch.func.functional_call(model, state, (x,))
 
     with tracker:
+        if steps > 1:
+            # From the second step on, steps repeat exactly: the optimiser's state exists throughout,
+            # the previous gradients are freed by zero_grad. One traced step with the state already
+            # there (made by an unrecorded step on stand-in gradients) is that steady state.
+            tracker.recording = False
+            for p in trainable:
+                p.grad = torch.empty_like(p)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            tracker.recording = True
+            for st in opt.state.values():
+                for value in st.values():
+                    if isinstance(value, torch.Tensor):
+                        tracker.track(value)
+            phase("idle")  # files the state as optimizer_state (or host)
         tracker.set_phase("inputs")
         x = torch.empty(batch_size, *shape, device="meta")
         y = torch.empty(batch_size, *shape[1:], dtype=torch.int64, device="meta")
-        for _ in range(steps):
-            training_step(forward, opt, loss_fn, x, y, amp, "cpu", phase=_phases(tracker, trainable, opt, target))
+        training_step(forward, opt, loss_fn, x, y, amp, "cpu", phase=phase)
     tracker.close()
     return tracker
 
@@ -117,7 +133,8 @@ def predict_training_memory(
         input_shape: (C, X, Y, Z) of one sample. batch_size, num_classes, loss, optimizer: as measured.
         amp: must be False (autocast does not apply to meta tensors: mixed precision is not predicted).
         device: ignored (accepted so that the measure and predict calls take the same arguments).
-        steps: training steps; at most two are traced (from the second on, steps repeat exactly).
+        steps: training steps; one step is traced: the first when steps is 1, else one with the
+            optimiser's state already allocated (from the second step on, steps repeat exactly).
         target: "cuda" (the caching allocator model) or "cpu" (the CPU allocator, with modelled
             convolution workspaces).
 
@@ -133,7 +150,7 @@ def predict_training_memory(
         loss=loss,
         optimizer=optimizer,
         amp=amp,
-        steps=min(int(steps), 2) if int(steps) >= 1 else steps,
+        steps=steps,
         target=target,
     )
     peak, reserved, at_peak = allocators.replay(tracker.events, tracker.sizes, tracker.categories, target)

@@ -1,7 +1,8 @@
 """The training step that is measured and predicted: the same code runs on real and on fake tensors.
 
 One step: ``optimizer.zero_grad(set_to_none=True)``; logits = model(x) (under autocast when amp);
-loss = loss_fn(logits.float(), y); ``loss.backward()``; logits and loss are dropped; ``optimizer.step()``.
+loss = loss_fn(logits.float(), y) (summed over the heads when the model returns a tuple of logits, as
+deep supervision does); ``loss.backward()``; logits and loss are dropped; ``optimizer.step()``.
 """
 
 from __future__ import annotations
@@ -59,13 +60,19 @@ def training_step(forward, optimizer, loss_fn, x, y, amp: bool, device_type: str
         phase("forward")
     with autocast(amp, device_type):
         logits = forward(x)
-    if logits.shape[0] != x.shape[0] or logits.shape[2:] != x.shape[2:]:
-        raise ValueError(
-            f"the model must map (N, C, X, Y, Z) to (N, num_classes, X, Y, Z) logits; got {tuple(logits.shape)} "
-            f"for an input of shape {tuple(x.shape)}"
-        )
-    loss = loss_fn(logits.float(), y)
+    heads = list(logits) if isinstance(logits, (tuple, list)) else [logits]  # deep supervision: several heads
     del logits
+    for h in heads:
+        if not isinstance(h, torch.Tensor) or h.shape[0] != x.shape[0] or h.shape[2:] != x.shape[2:]:
+            got = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
+            raise ValueError(
+                f"the model must map (N, C, X, Y, Z) to (N, num_classes, X, Y, Z) logits (or a tuple of them); "
+                f"got {got} for an input of shape {tuple(x.shape)}"
+            )
+    loss = loss_fn(heads[0].float(), y)
+    for h in heads[1:]:
+        loss = loss + loss_fn(h.float(), y)
+    del heads
     if phase:
         phase("backward")
     loss.backward()

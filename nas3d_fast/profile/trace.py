@@ -43,6 +43,7 @@ class LifetimeTracker(TorchDispatchMode):
         self._clock = clock
         self._resize = None
         self._host = host
+        self.recording = True
 
     # -- recording ---------------------------------------------------------------------------------
 
@@ -107,6 +108,8 @@ class LifetimeTracker(TorchDispatchMode):
         out = _elementwise(func, args, kwargs)
         if out is None:
             out = func(*args, **kwargs)
+        if not self.recording:
+            return out
         before = during = 0
         if self._workspace is not None:
             before, during = self._workspace(func, args, out)
@@ -133,7 +136,7 @@ class LifetimeTracker(TorchDispatchMode):
 
         def resize_(storage, size):
             result = original(storage, size)
-            entry = tracker._live.get(storage._cdata)
+            entry = tracker._live.get(storage._cdata) if tracker.recording else None
             if entry is not None and tracker.sizes[entry[0]] != storage.nbytes():
                 tracker._live.pop(storage._cdata)
                 tracker._event(~entry[0])
@@ -158,9 +161,10 @@ class LifetimeTracker(TorchDispatchMode):
         self._live.clear()
 
 
-# Elementwise ops whose meta kernels (Python decompositions, ~0.5 ms a call) are answered directly
-# when every tensor argument is a floating meta tensor of the first one's dtype, and of its shape or 0-d:
-# then the output has the first argument's shape and dtype (in-place ops return the first argument).
+# Ops whose meta kernels are Python decompositions (~0.5 ms a call, most of a trace's time) are
+# answered here when every tensor argument is a floating meta tensor of the first one's dtype (so no
+# type promotion): elementwise ops give the broadcast shape (in-place ones return their first
+# argument), reductions the reduced shape, both contiguous as TensorIterator makes them.
 _OUT_OF_PLACE = {
     getattr(getattr(aten, name), overload)
     for name, overloads in {
@@ -197,25 +201,78 @@ _IN_PLACE = {
         "sqrt_": ("default",),
         "neg_": ("default",),
         "relu_": ("default",),
+        "copy_": ("default",),
     }.items()
     for overload in overloads
 }
+_REDUCTIONS = {aten.sum.dim_IntList, aten.mean.dim}
+_LIKE = {aten.empty_like.default, aten.zeros_like.default, aten.ones_like.default}
 
 
 def _elementwise(func, args, kwargs):
+    if func in _REDUCTIONS:
+        return _reduction(args, kwargs)
+    if func is aten.var_mean.correction:
+        if kwargs.keys() - {"correction", "keepdim"} or len(args) != 2:
+            return None
+        out = _reduction(args[:2], {"keepdim": kwargs.get("keepdim", False)})
+        return None if out is None else (out, torch.empty_like(out))
+    if func in _LIKE:
+        return _like(args, kwargs)
+    if func is aten.upsample_trilinear3d.default:
+        x, size = args[0], args[1]
+        if x.device.type != "meta" or size is None or x.dim() != 5:
+            return None
+        return torch.empty((*x.shape[:2], *size), dtype=x.dtype, device="meta")
     inplace = func in _IN_PLACE
-    if not (inplace or func in _OUT_OF_PLACE) or kwargs.keys() - {"alpha", "value", "negative_slope"}:
+    if not (inplace or func in _OUT_OF_PLACE) or kwargs.keys() - {"alpha", "value", "negative_slope", "non_blocking"}:
         return None
     first = args[0]
     if not isinstance(first, torch.Tensor) or first.device.type != "meta" or not first.dtype.is_floating_point:
         return None
+    shape = first.shape
     for a in args[1:]:
         if isinstance(a, torch.Tensor):
-            if a.device.type != "meta" or a.dtype != first.dtype or (a.dim() and a.shape != first.shape):
+            if a.device.type != "meta" or a.dtype != first.dtype:
                 return None
+            if a.shape != shape:
+                if inplace and func is not aten.copy_.default:
+                    return None
+                try:
+                    shape = torch.broadcast_shapes(shape, a.shape)
+                except RuntimeError:
+                    return None
         elif not isinstance(a, (int, float, bool)) and a is not None:
             return None
-    return first if inplace else torch.empty_like(first)
+    if inplace:
+        return first if func is aten.copy_.default or shape == first.shape else None
+    return torch.empty(shape, dtype=first.dtype, device="meta")
+
+
+def _like(args, kwargs):
+    x = args[0]
+    if len(args) != 1 or not isinstance(x, torch.Tensor) or x.device.type != "meta":
+        return None
+    if kwargs.get("dtype") not in (None, x.dtype) or kwargs.get("device") not in (None, x.device):
+        return None
+    if kwargs.get("layout") not in (None, torch.strided):
+        return None
+    return torch.empty(x.shape, dtype=x.dtype, device="meta")
+
+
+def _reduction(args, kwargs):
+    x = args[0]
+    if not isinstance(x, torch.Tensor) or x.device.type != "meta" or not x.dtype.is_floating_point:
+        return None
+    if kwargs.get("dtype") is not None or kwargs.keys() - {"keepdim", "dtype"} or len(args) > 3:
+        return None
+    dims = args[1] if len(args) > 1 else None
+    keepdim = bool(args[2]) if len(args) > 2 else bool(kwargs.get("keepdim", False))
+    if not dims:
+        return None
+    reduced = {d % x.dim() for d in dims}
+    shape = [1 if i in reduced else n for i, n in enumerate(x.shape) if keepdim or i not in reduced]
+    return torch.empty(shape, dtype=x.dtype, device="meta")
 
 
 def _is_fake(t) -> bool:
