@@ -95,11 +95,13 @@ def monai_dints_estimate_mib(space, arch, shape) -> float:
         return float(search.get_ram_cost_usage((1, *shape), full=False))
 
 
-def evaluate(quick: bool = False, progress: bool = True) -> dict:
-    """Predict and measure every candidate; returns {"ratios", "units", "details", "missing"}."""
+def evaluate(quick: bool = False, progress: bool = True, count: int | None = None, size: int | None = None) -> dict:
+    """Predict and measure every candidate; returns {"ratios", "units", "details", "missing"}.
+    ``count``/``size`` override the candidates per space and the patch side."""
     from nas3d_fast.profile import measure_training_memory, predict_training_memory
 
-    count, size = (QUICK_CANDIDATES, QUICK_PATCH) if quick else (CANDIDATES, PATCH)
+    default_count, default_size = (QUICK_CANDIDATES, QUICK_PATCH) if quick else (CANDIDATES, PATCH)
+    count, size = count or default_count, size or default_size
     found, missing = present_spaces()
     rows, errors, monai_errors = [], [], []
     bar = _bar(progress, len(found) * count)
@@ -193,10 +195,31 @@ SUITE = Suite(
 )
 
 
-def main() -> None:  # python -m benchmarks.memory_prediction: the metrics alone
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.memory_prediction [--quick] [--candidates N] [--patch P] [--json PATH]``:
+    the error keys alone (no timing case), with every candidate's row."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.memory_prediction")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--candidates", type=int, help=f"per space (default {CANDIDATES})")
+    parser.add_argument("--patch", type=int, help=f"patch side (default {PATCH})")
+    parser.add_argument("--json", metavar="PATH")
+    args = parser.parse_args(argv)
     start = time.perf_counter()
-    doc = evaluate(quick="--quick" in sys.argv)
-    print(doc["ratios"], doc["missing"], f"{time.perf_counter() - start:.0f}s")
+    doc = evaluate(quick=args.quick, count=args.candidates, size=args.patch)
+    for row in doc["details"]["rows"]:
+        print(f"{row['space']:<9} {row['index']:>3} predicted {row['predicted_bytes'] / 2**20:9.1f} MiB  measured "
+              f"{row['measured_bytes'] / 2**20:9.1f} MiB  error {row['error_pct']:+6.2f}%"
+              + (f"  MONAI {row['monai_error_pct']:+7.1f}%" if "monai_error_pct" in row else ""))
+    for name, reason in doc["missing"].items():
+        print(f"MISSING {name}: {reason}")
+    print(json.dumps(doc["ratios"]), f"({time.perf_counter() - start:.0f} s)")
+    if args.json:
+        from .run import write_json
+
+        write_json(doc, args.json)
 
 
 if __name__ == "__main__":
