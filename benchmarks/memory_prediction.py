@@ -113,14 +113,23 @@ def evaluate(quick: bool = False, progress: bool = True, count: int | None = Non
             arch = space.sample(rng)
             with torch.device("meta"):
                 meta_model = space.build(arch, 1, NUM_CLASSES)
-            predicted = predict_training_memory(meta_model, shape, batch_size=1, num_classes=NUM_CLASSES, target="cpu", steps=STEPS)
+            predicted = predict_training_memory(
+                meta_model, shape, batch_size=1, num_classes=NUM_CLASSES, target="cpu", steps=STEPS
+            )
             measured = measure_training_memory(
                 _build(space, arch), shape, batch_size=1, num_classes=NUM_CLASSES, device="cpu", steps=STEPS
             )
             err = 100.0 * (predicted.peak_bytes - measured.peak_bytes) / measured.peak_bytes
             errors.append(abs(err))
-            row = {"space": name, "index": i, "patch": list(patch), "predicted_bytes": predicted.peak_bytes,
-                   "measured_bytes": measured.peak_bytes, "error_pct": err, "predict_s": predicted.seconds}
+            row = {
+                "space": name,
+                "index": i,
+                "patch": list(patch),
+                "predicted_bytes": predicted.peak_bytes,
+                "measured_bytes": measured.peak_bytes,
+                "error_pct": err,
+                "predict_s": predicted.seconds,
+            }
             if name == "dints":
                 try:
                     monai = monai_dints_estimate_mib(space, arch, patch) * 2**20
@@ -157,7 +166,9 @@ def _bar(enabled: bool, total: int):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="memory_prediction candidates", unit="candidate", file=sys.stderr, leave=False, disable=None)
+    return tqdm(
+        total=total, desc="memory_prediction candidates", unit="candidate", file=sys.stderr, leave=False, disable=None
+    )
 
 
 def _predict_96(device: str):
@@ -210,9 +221,11 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     doc = evaluate(quick=args.quick, count=args.candidates, size=args.patch)
     for row in doc["details"]["rows"]:
-        print(f"{row['space']:<9} {row['index']:>3} predicted {row['predicted_bytes'] / 2**20:9.1f} MiB  measured "
-              f"{row['measured_bytes'] / 2**20:9.1f} MiB  error {row['error_pct']:+6.2f}%"
-              + (f"  MONAI {row['monai_error_pct']:+7.1f}%" if "monai_error_pct" in row else ""))
+        print(
+            f"{row['space']:<9} {row['index']:>3} predicted {row['predicted_bytes'] / 2**20:9.1f} MiB  measured "
+            f"{row['measured_bytes'] / 2**20:9.1f} MiB  error {row['error_pct']:+6.2f}%"
+            + (f"  MONAI {row['monai_error_pct']:+7.1f}%" if "monai_error_pct" in row else "")
+        )
     for name, reason in doc["missing"].items():
         print(f"MISSING {name}: {reason}")
     print(json.dumps(doc["ratios"]), f"({time.perf_counter() - start:.0f} s)")

@@ -21,7 +21,9 @@ class EdgeNet(nn.Module):
         super().__init__()
         self.stem = nn.Conv3d(1, c, 3, padding=1)
         self.e1 = MixedEdge3d(c, c, ("identity", "conv3x3x3", "p3d_3x3x1_1x1x3", "sep_dil3x3x3_r2", "max_pool3"))
-        self.e2 = MixedEdge3d(c, c, ("conv3x3x3", "sep_dil3x3x3_r3", "avg_pool3", "zero"), norm="per_op", act="leaky_relu")
+        self.e2 = MixedEdge3d(
+            c, c, ("conv3x3x3", "sep_dil3x3x3_r3", "avg_pool3", "zero"), norm="per_op", act="leaky_relu"
+        )
         self.down = MixedEdge3d(c, 2 * c, ("conv3x3x3", "conv1x3x3"), stride=2)
         self.att = AxialAttentionBlock3d(2 * c, num_heads=2)
         self.up = nn.ConvTranspose3d(2 * c, c, 2, stride=2)
@@ -42,7 +44,9 @@ class SmallUNet(nn.Module):
 
     def __init__(self, c: int = 8, classes: int = 3):
         super().__init__()
-        self.enc = nn.Sequential(nn.Conv3d(1, c, 3, padding=1), nn.InstanceNorm3d(c, affine=True), nn.LeakyReLU(inplace=True))
+        self.enc = nn.Sequential(
+            nn.Conv3d(1, c, 3, padding=1), nn.InstanceNorm3d(c, affine=True), nn.LeakyReLU(inplace=True)
+        )
         self.down = nn.Sequential(nn.Conv3d(c, 2 * c, 3, stride=2, padding=1), nn.BatchNorm3d(2 * c), nn.ReLU())
         self.up = nn.ConvTranspose3d(2 * c, c, 2, stride=2)
         self.head = nn.Conv3d(2 * c, classes, 1)

@@ -8,7 +8,7 @@ from benchmarks.run import SUITES, format_table, run_suite
 def test_seconds_ratio_and_metrics_reach_the_document():
     suite = Suite(
         name="toy_metrics",
-        cases=(Case("work", lambda device: (lambda: sum(range(100))), "nas3d"),),
+        cases=(Case("work", lambda device: lambda: sum(range(100)), "nas3d"),),
         ratios=(Ratio("work_seconds", "work", "", kind="seconds"),),
         metrics=lambda quick: {
             "ratios": {"error_pct": 2.5},
@@ -22,7 +22,9 @@ def test_seconds_ratio_and_metrics_reach_the_document():
     assert doc["ratios"]["error_pct"] == 2.5 and doc["details"] == {"quick": True}
     table = format_table(doc)
     assert "space_x" in table and "MISSING" in table
-    assert "2.50%" in table and any(line.startswith("work_seconds") and line.endswith("s") for line in table.splitlines())
+    assert "2.50%" in table and any(
+        line.startswith("work_seconds") and line.endswith("s") for line in table.splitlines()
+    )
 
 
 def test_memory_prediction_suite_accounts_for_every_space():

@@ -70,7 +70,7 @@ def test_meta_models_and_models_left_alone():
 def test_optimizer_state_by_optimizer():
     model = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.Conv3d(4, 2, 1))
     params = sum(p.numel() * 4 for p in model.parameters())
-    kwargs = dict(batch_size=1, num_classes=2, target="cpu")
+    kwargs = {"batch_size": 1, "num_classes": 2, "target": "cpu"}
     sgd = predict_training_memory(model, (1, 8, 8, 8), optimizer="sgd", **kwargs)
     adam = predict_training_memory(model, (1, 8, 8, 8), optimizer="adam", steps=1, **kwargs)
     adam2 = predict_training_memory(model, (1, 8, 8, 8), optimizer="adam", steps=2, **kwargs)
@@ -81,7 +81,7 @@ def test_optimizer_state_by_optimizer():
 
 def test_bad_arguments_name_the_problem():
     model = nn.Conv3d(1, 2, 1)
-    ok = dict(batch_size=1, num_classes=2)
+    ok = {"batch_size": 1, "num_classes": 2}
     with pytest.raises(ValueError, match="target must be one of"):
         predict_training_memory(model, (1, 4, 4, 4), target="tpu", **ok)
     with pytest.raises(ValueError, match=r"input_shape must be \(C, X, Y, Z\)"):
@@ -111,8 +111,14 @@ def test_callable_loss_and_optimizer():
         return logits.mean()
 
     report = predict_training_memory(
-        model, (1, 4, 4, 4), batch_size=2, num_classes=2, loss=loss,
-        optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1), target="cpu", steps=1,
+        model,
+        (1, 4, 4, 4),
+        batch_size=2,
+        num_classes=2,
+        loss=loss,
+        optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1),
+        target="cpu",
+        steps=1,
     )
     assert calls == [torch.Size([2, 2, 4, 4, 4])]
     assert report.breakdown["optimizer_state"] == 0  # plain SGD keeps no state

@@ -47,7 +47,7 @@ def test_infeasible_budget_and_missed_window_are_reported():
 
 def test_measure_mode_measures_on_the_cpu():
     space = spaces.get("toy_profile_test")
-    arch, report = sample_within(
+    _arch, report = sample_within(
         space, 64 * MiB, SHAPE, 1, 1, tolerance=64 * MiB, mode="measure", device="cpu", return_report=True
     )
     assert report.method == "measured" and report.peak_bytes <= 64 * MiB
@@ -55,8 +55,26 @@ def test_measure_mode_measures_on_the_cpu():
 
 def test_cli_table_and_json(tmp_path, capsys):
     out = tmp_path / "rows.json"
-    argv = ["profile", "--space", "toy_profile_test", "--sample", "2", "--patch", "8", "8", "8", "--batch", "1",
-            "--mode", "both", "--device", "cpu", "--json", str(out), "--quiet"]
+    argv = [
+        "profile",
+        "--space",
+        "toy_profile_test",
+        "--sample",
+        "2",
+        "--patch",
+        "8",
+        "8",
+        "8",
+        "--batch",
+        "1",
+        "--mode",
+        "both",
+        "--device",
+        "cpu",
+        "--json",
+        str(out),
+        "--quiet",
+    ]
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
     assert "predicted MiB" in text and "measured MiB" in text
@@ -72,12 +90,52 @@ def test_cli_one_architecture_and_budget(tmp_path, capsys):
     space = spaces.get("toy_profile_test")
     path = tmp_path / "arch.json"
     path.write_text(space.decode([4, 1]).to_json())
-    assert cli.main(["profile", "--space", "toy_profile_test", "--arch", str(path), "--patch", "8", "8", "8",
-                     "--batch", "2", "--target", "cuda", "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "profile",
+                "--space",
+                "toy_profile_test",
+                "--arch",
+                str(path),
+                "--patch",
+                "8",
+                "8",
+                "8",
+                "--batch",
+                "2",
+                "--target",
+                "cuda",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and "predicted for cuda" in lines[0]
-    assert cli.main(["profile", "--space", "toy_profile_test", "--sample", "2", "--patch", "8", "8", "8",
-                     "--batch", "1", "--budget", "1GiB", "--tolerance", "1GiB", "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "profile",
+                "--space",
+                "toy_profile_test",
+                "--sample",
+                "2",
+                "--patch",
+                "8",
+                "8",
+                "8",
+                "--batch",
+                "1",
+                "--budget",
+                "1GiB",
+                "--tolerance",
+                "1GiB",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -97,15 +155,42 @@ def test_cli_bad_arguments(argv, message, capsys):
 
 def test_cli_budget_needs_bytes(capsys):
     with pytest.raises(SystemExit):
-        cli.main(["profile", "--space", "toy_profile_test", "--sample", "1", "--patch", "8", "8", "8", "--batch", "1",
-                  "--budget", "lots"])
+        cli.main(
+            [
+                "profile",
+                "--space",
+                "toy_profile_test",
+                "--sample",
+                "1",
+                "--patch",
+                "8",
+                "8",
+                "8",
+                "--batch",
+                "1",
+                "--budget",
+                "lots",
+            ]
+        )
     assert "expected a number of bytes" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_cli_calibrate_needs_cuda(capsys):
-    argv = ["profile", "--space", "toy_profile_test", "--sample", "1", "--patch", "8", "8", "8", "--batch", "1",
-            "--calibrate"]
+    argv = [
+        "profile",
+        "--space",
+        "toy_profile_test",
+        "--sample",
+        "1",
+        "--patch",
+        "8",
+        "8",
+        "8",
+        "--batch",
+        "1",
+        "--calibrate",
+    ]
     assert cli.main(argv) == 2
     assert "no CUDA device" in capsys.readouterr().err
 

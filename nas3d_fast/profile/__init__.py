@@ -3,7 +3,7 @@
 - ``measure_training_memory(model, input_shape, *, batch_size, num_classes, device, ...)``: runs the
   steps and reads the allocator (``measure``).
 - ``predict_training_memory(model, input_shape, *, batch_size, num_classes, target, ...)``: traces the
-  steps on fake tensors and replays their allocations through a model of the target's allocator
+  steps on meta tensors and replays their allocations through a model of the target's allocator
   (``predict``, ``trace``, ``allocators``, ``workspace``).
 - ``sample_within(space, budget_bytes, input_shape, batch_size, rng, ...)``: rejection sampling of a
   space's architectures inside a memory budget (``sample``).

@@ -61,7 +61,7 @@ def segment_size(block: int) -> int:
 
 
 class _Block:
-    __slots__ = ("addr", "size", "small", "free", "prev", "next")
+    __slots__ = ("addr", "free", "next", "prev", "size", "small")
 
     def __init__(self, addr: int, size: int, small: bool):
         self.addr, self.size, self.small, self.free = addr, size, small, True
@@ -188,8 +188,7 @@ def replay(
             held[cat] = held.get(cat, 0) + allocator.allocated - before
             if allocator.allocated > peak:
                 peak, at_peak = allocator.allocated, dict(held)
-            if allocator.reserved > peak_reserved:
-                peak_reserved = allocator.reserved
+            peak_reserved = max(peak_reserved, allocator.reserved)
         else:
             i = ~e
             if i not in handles:

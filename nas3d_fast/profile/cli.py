@@ -22,8 +22,19 @@ import numpy as np
 import torch
 
 MiB = 2**20
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
-          "g": 10**9, "gb": 10**9, "gib": 2**30}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "kib": 2**10,
+    "m": 10**6,
+    "mb": 10**6,
+    "mib": 2**20,
+    "g": 10**9,
+    "gb": 10**9,
+    "gib": 2**30,
+}
 
 
 def parse_bytes(text: str) -> int:
@@ -58,12 +69,24 @@ def add_parser(sub) -> None:
     p.add_argument("--loss", default="dice_ce", choices=("dice_ce", "ce"))
     p.add_argument("--amp", action="store_true", help="autocast the forward")
     p.add_argument("--steps", type=int, default=3, help="training steps per measurement (default 3)")
-    p.add_argument("--budget", type=parse_bytes, metavar="BYTES", help="sample only candidates within this peak (8GiB, ...)")
-    p.add_argument("--tolerance", type=parse_bytes, default=300 * MiB, metavar="BYTES",
-                   help="with --budget: how far below the budget a candidate may be (default 300MiB)")
-    p.add_argument("--max-tries", type=int, default=100, help="with --budget: candidates drawn per sample (default 100)")
-    p.add_argument("--calibrate", action="store_true",
-                   help="CUDA only: measure and predict --sample N candidates and print measured against predicted")
+    p.add_argument(
+        "--budget", type=parse_bytes, metavar="BYTES", help="sample only candidates within this peak (8GiB, ...)"
+    )
+    p.add_argument(
+        "--tolerance",
+        type=parse_bytes,
+        default=300 * MiB,
+        metavar="BYTES",
+        help="with --budget: how far below the budget a candidate may be (default 300MiB)",
+    )
+    p.add_argument(
+        "--max-tries", type=int, default=100, help="with --budget: candidates drawn per sample (default 100)"
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="CUDA only: measure and predict --sample N candidates and print measured against predicted",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--json", metavar="PATH", help="write the rows as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -119,8 +142,17 @@ def _rows(args) -> tuple[list[dict], dict]:
     else:
         archs = None
     count = 1 if archs else args.sample
-    settings = {"space": args.space, "patch": list(args.patch), "batch": args.batch, "channels": args.channels,
-                "classes": args.classes, "mode": args.mode, "device": device, "target": target, **step}
+    settings = {
+        "space": args.space,
+        "patch": list(args.patch),
+        "batch": args.batch,
+        "channels": args.channels,
+        "classes": args.classes,
+        "mode": args.mode,
+        "device": device,
+        "target": target,
+        **step,
+    }
     if args.budget is not None:
         settings.update(budget_bytes=args.budget, tolerance_bytes=args.tolerance)
     rows = []
@@ -130,22 +162,36 @@ def _rows(args) -> tuple[list[dict], dict]:
             arch = archs[i]
         elif args.budget is not None:
             mode = "measure" if args.mode == "measure" else "predict"
-            arch, found = sample_within(space, args.budget, shape, args.batch, rng, tolerance=args.tolerance,
-                                        mode=mode, max_tries=args.max_tries, num_classes=args.classes,
-                                        target=target, device=device, return_report=True, **step)
+            arch, found = sample_within(
+                space,
+                args.budget,
+                shape,
+                args.batch,
+                rng,
+                tolerance=args.tolerance,
+                mode=mode,
+                max_tries=args.max_tries,
+                num_classes=args.classes,
+                target=target,
+                device=device,
+                return_report=True,
+                **step,
+            )
             predicted = found if mode == "predict" else None
         else:
             arch = space.sample(rng)
         cost = space.cost(arch, shape, num_classes=args.classes)
         row = {"arch": arch.to_dict(), "params": cost.params, "flops": cost.flops}
         if args.mode in ("predict", "both"):
-            predicted = predicted or candidate_memory(space, arch, shape, args.batch, num_classes=args.classes,
-                                                      mode="predict", target=target, **step)
+            predicted = predicted or candidate_memory(
+                space, arch, shape, args.batch, num_classes=args.classes, mode="predict", target=target, **step
+            )
             row["predicted"] = predicted.to_dict()
         if args.mode in ("measure", "both"):
             torch.manual_seed(args.seed + i)
-            measured = candidate_memory(space, arch, shape, args.batch, num_classes=args.classes, mode="measure",
-                                        device=device, **step)
+            measured = candidate_memory(
+                space, arch, shape, args.batch, num_classes=args.classes, mode="measure", device=device, **step
+            )
             row["measured"] = measured.to_dict()
         if "predicted" in row and "measured" in row and target == torch.device(device).type:
             m, p = row["measured"]["peak_bytes"], row["predicted"]["peak_bytes"]
@@ -163,9 +209,11 @@ def _progress(items, quiet: bool, what: str):
 
 
 def format_rows(rows: list[dict], settings: dict) -> str:
-    head = (f"space {settings['space']}, patch {tuple(settings['patch'])}, batch {settings['batch']}, "
-            f"{settings['optimizer']}, loss {settings['loss']}; predicted for {settings['target']}, "
-            f"measured on {settings['device']}")
+    head = (
+        f"space {settings['space']}, patch {tuple(settings['patch'])}, batch {settings['batch']}, "
+        f"{settings['optimizer']}, loss {settings['loss']}; predicted for {settings['target']}, "
+        f"measured on {settings['device']}"
+    )
     lines = [head, f"{'#':>3} {'params':>12} {'GFLOPs':>9} {'predicted MiB':>14} {'measured MiB':>13} {'error %':>8}"]
     for i, r in enumerate(rows):
         pred = f"{r['predicted']['peak_bytes'] / MiB:.1f}" if "predicted" in r else "-"
@@ -179,9 +227,11 @@ def _calibration_summary(rows: list[dict]) -> str:
     errors = [abs(r["error_pct"]) for r in rows if "error_pct" in r]
     if not errors:
         return "calibration: no candidate was both measured and predicted"
-    return (f"calibration over {len(errors)} candidates: median |error| {float(np.median(errors)):.2f}%, "
-            f"max |error| {max(errors):.2f}% (measured max_memory_allocated vs the caching-allocator model; "
-            f"cuDNN workspaces are not modelled)")
+    return (
+        f"calibration over {len(errors)} candidates: median |error| {float(np.median(errors)):.2f}%, "
+        f"max |error| {max(errors):.2f}% (measured max_memory_allocated vs the caching-allocator model; "
+        f"cuDNN workspaces are not modelled)"
+    )
 
 
 def _write_json(doc: dict, path: str) -> None:

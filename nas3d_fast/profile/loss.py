@@ -9,7 +9,7 @@ target of the logits' size and dtype, and their products, as a usual segmentatio
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -123,13 +123,12 @@ def _measure_cpu(model, shape, batch_size, num_classes, loss_fn, optimizer, amp,
     base = _storage_bytes(list(model.parameters()) + list(model.buffers()))
     tracker = LifetimeTracker(clock=True)
     _register_model(tracker, model)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        with tracker:
-            tracker.set_phase("inputs")
-            x, y = _inputs(shape, batch_size, num_classes, torch.device("cpu"))
-            for _ in range(steps):
-                training_step(model, opt, loss_fn, x, y, amp, "cpu", phase=_phases(tracker, model, opt))
-            del x, y
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, tracker:
+        tracker.set_phase("inputs")
+        x, y = _inputs(shape, batch_size, num_classes, torch.device("cpu"))
+        for _ in range(steps):
+            training_step(model, opt, loss_fn, x, y, amp, "cpu", phase=_phases(tracker, model, opt))
+        del x, y
     tracker.close()
     memory = sorted(
         (e.start_ns(), e.nbytes())
@@ -173,6 +172,7 @@ def _measure_cuda(model, shape, batch_size, num_classes, loss_fn, optimizer, amp
     tracker = LifetimeTracker(host=lambda t: t.device.type == "cpu")  # e.g. Adam's step counters
     _register_model(tracker, model)
     torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()  # segments cached by earlier work would inflate the reserved peak
     torch.cuda.reset_peak_memory_stats(device)
     with tracker:
         tracker.set_phase("inputs")

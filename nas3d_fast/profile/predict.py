@@ -56,7 +56,8 @@ def trace_training(
         for name, p in model.named_parameters()
     }
     buffers = {
-        name: torch.empty_strided(b.shape, b.stride(), dtype=b.dtype, device="meta") for name, b in model.named_buffers()
+        name: torch.empty_strided(b.shape, b.stride(), dtype=b.dtype, device="meta")
+        for name, b in model.named_buffers()
     }
     for t in params.values():
         tracker.track(t, "parameters")

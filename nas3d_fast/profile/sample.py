@@ -103,8 +103,15 @@ def sample_within(
         arch = space.sample(rng)
         if arch not in seen:
             seen[arch] = candidate_memory(
-                space, arch, input_shape, batch_size, num_classes=num_classes, mode=mode, target=target,
-                device=device, **step,
+                space,
+                arch,
+                input_shape,
+                batch_size,
+                num_classes=num_classes,
+                mode=mode,
+                target=target,
+                device=device,
+                **step,
             )
         report = seen[arch]
         if low <= report.peak_bytes <= budget:

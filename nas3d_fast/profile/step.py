@@ -1,4 +1,4 @@
-"""The training step that is measured and predicted: the same code runs on real and on fake tensors.
+"""The training step that is measured and predicted: the same code runs on real and on meta tensors.
 
 One step: ``optimizer.zero_grad(set_to_none=True)``; logits = model(x) (under autocast when amp);
 loss = loss_fn(logits.float(), y) (summed over the heads when the model returns a tuple of logits, as
