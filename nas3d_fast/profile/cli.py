@@ -209,10 +209,14 @@ def _progress(items, quiet: bool, what: str):
 
 
 def format_rows(rows: list[dict], settings: dict) -> str:
+    sides = []
+    if settings["mode"] in ("predict", "both"):
+        sides.append(f"predicted for {settings['target']}")
+    if settings["mode"] in ("measure", "both"):
+        sides.append(f"measured on {settings['device']}")
     head = (
         f"space {settings['space']}, patch {tuple(settings['patch'])}, batch {settings['batch']}, "
-        f"{settings['optimizer']}, loss {settings['loss']}; predicted for {settings['target']}, "
-        f"measured on {settings['device']}"
+        f"{settings['optimizer']}, loss {settings['loss']}; {', '.join(sides)}"
     )
     lines = [head, f"{'#':>3} {'params':>12} {'GFLOPs':>9} {'predicted MiB':>14} {'measured MiB':>13} {'error %':>8}"]
     for i, r in enumerate(rows):
