@@ -70,18 +70,20 @@ def monai_dints_estimate_mib(space, arch, shape) -> float:
     """MONAI's get_ram_cost_usage for a dints candidate, in MiB (MONAI's unit: 4-byte values / 2**20)."""
     from monai.networks.nets.dints import TopologySearch
 
-    codes = space.monai_codes(arch) if hasattr(space, "monai_codes") else None
-    if codes is None:
-        fields = arch.to_dict()
-        if "arch_code_a" not in fields or "arch_code_c" not in fields:
-            raise RuntimeError("the dints space gives no MONAI arch codes (monai_codes() or arch_code_a/arch_code_c)")
+    fields = arch.to_dict()
+    if "edges" in fields:  # DintsArch: L x E, 0 = edge off, k = op k - 1; edges in MONAI's path order
+        edges = np.asarray(fields["edges"])
+        codes = ((edges > 0).astype(int), np.maximum(edges - 1, 0))
+    elif "arch_code_a" in fields and "arch_code_c" in fields:
         codes = (fields["arch_code_a"], fields["arch_code_c"])
+    else:
+        raise RuntimeError("the dints architecture has neither 'edges' nor MONAI's arch_code_a/arch_code_c")
     code_a, code_c = (np.asarray(c) for c in codes)
     opts = getattr(space, "options", {})
     search = TopologySearch(
         channel_mul=float(opts.get("channel_mul", 1.0)),
         num_blocks=int(code_a.shape[0]),
-        num_depths=int(opts.get("num_depths", 3)),
+        num_depths=(int(code_a.shape[1]) + 2) // 3,  # E = 3 D - 2 edges per layer
         use_downsample=bool(opts.get("use_downsample", True)),
         device="cpu",
     )
@@ -92,7 +94,7 @@ def monai_dints_estimate_mib(space, arch, shape) -> float:
             for p in range(code_c.shape[1]):
                 onehot[b, p, int(code_c[b, p])] = 30.0
         search.log_alpha_c.copy_(torch.from_numpy(onehot))
-        return float(search.get_ram_cost_usage((1, *shape), full=False))
+        return float(search.get_ram_cost_usage((1, 1, *shape), full=False))
 
 
 def evaluate(quick: bool = False, progress: bool = True, count: int | None = None, size: int | None = None) -> dict:
