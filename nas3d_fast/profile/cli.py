@@ -203,8 +203,10 @@ def _rows(args) -> tuple[list[dict], dict]:
 def _progress(items, quiet: bool, what: str):
     if quiet:
         return items
-    from tqdm import tqdm
-
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is an optional dependency (the demo extra): no bar then
+        return items
     return tqdm(items, desc=what, unit="candidate", file=sys.stderr, leave=False, disable=None)
 
 
