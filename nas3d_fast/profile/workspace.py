@@ -17,6 +17,9 @@ Mkldnn              blocked input copy (channels a multiple of    blocked grad_o
                                                                  beside the gradients
 ==================  ===========================================  =========================================
 
+torch picks the backend from shapes, dtypes and the number of threads (oneDNN needs more than one
+for some shapes), so a CPU prediction holds for runs with this process's ``torch.get_num_threads()``.
+
 Each model returns ``(before, during)``: bytes held briefly before the op's outputs exist, and bytes
 held beside them until the op returns. Other ops are modelled as allocating only their outputs.
 """
