@@ -294,13 +294,14 @@ class DintsSupernet(Supernet):
         shapes = self.arch_shapes()
         n = shapes["paths"][0]
         paths = weights["paths"]
-        if isinstance(paths, (tuple, list)):
+        if isinstance(paths, (tuple, list)):  # gumbel_topk: weights (n, 2) zero off the sample, indices (n, k)
             w, idx = paths
-            if w.shape != idx.shape or w.dim() != 2 or w.shape[0] != n:
-                raise ValueError(f"sampled 'paths' must be (weights, indices) of shape ({n}, k), got {tuple(w.shape)}")
-            hit = idx == 1
-            runs = hit.any(1).tolist()
-            return runs, (w * hit).sum(1), [0] * n, weights["ops"]
+            if tuple(w.shape) != shapes["paths"] or idx.dim() != 2 or idx.shape[0] != n:
+                raise ValueError(
+                    f"sampled 'paths' must be gumbel_topk's (weights {shapes['paths']}, indices ({n}, k)), "
+                    f"got {tuple(w.shape)} and {tuple(idx.shape)}"
+                )
+            return (idx == 1).any(1).tolist(), w[:, 1], [0] * n, weights["ops"]
         if not isinstance(paths, torch.Tensor) or tuple(paths.shape) != shapes["paths"]:
             raise ValueError(f"'paths' must be a dense tensor of shape {shapes['paths']} or a gumbel_topk pair")
         return [True] * n, paths[:, 1], [0] * n, weights["ops"]
@@ -330,9 +331,10 @@ class DintsSupernet(Supernet):
                 src = inputs[self.reads[e]]
                 if src is None:  # nothing was sampled into that scale: it holds zeros
                     src = x.new_zeros(shapes[self.reads[e]])
-                y = edge(resample(src), self._op_weights(ops, i)) * path_w[i]
+                y = edge(resample(src), self._op_weights(ops, i), scale=path_w[i])
                 w = self.writes[e]
-                outputs[w] = y if outputs[w] is None else outputs[w] + y
+                # y is fresh and no backward reads it (norms and sums keep their inputs): sum in place.
+                outputs[w] = y if outputs[w] is None else outputs[w].add_(y)
             inputs = outputs
         last = lay.num_blocks - 1
         active = [False] * lay.num_depths
