@@ -134,8 +134,11 @@ def _check_against_monai(space, arch, a, c) -> None:
         return
     node_a, code_a, code_c, _ = _monai_decode("cpu")()
     ours_node_a, ours_a, ours_c = space.monai_codes(arch)
-    if not (np.array_equal(ours_a, code_a) and np.array_equal(ours_node_a, node_a)
-            and np.array_equal(ours_c[ours_a > 0], code_c[code_a > 0])):
+    if not (
+        np.array_equal(ours_a, code_a)
+        and np.array_equal(ours_node_a, node_a)
+        and np.array_equal(ours_c[ours_a > 0], code_c[code_a > 0])
+    ):
         raise AssertionError("dints decode_logits and MONAI's TopologySearch.decode() disagree")
     _checked.append(True)
 

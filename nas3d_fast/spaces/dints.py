@@ -78,7 +78,9 @@ class DintsArch(Arch):
         """The architecture of an L x E x O 0/1 matrix with at most one 1 per edge."""
         m = np.asarray(matrix)
         if m.ndim != 3 or (m.sum(-1) > 1).any() or not np.isin(m, (0, 1)).all():
-            raise ArchError(f"dints: the matrix must be L x E x O of 0/1 with at most one 1 per edge, got shape {m.shape}")
+            raise ArchError(
+                f"dints: the matrix must be L x E x O of 0/1 with at most one 1 per edge, got shape {m.shape}"
+            )
         edges = np.where(m.sum(-1) > 0, m.argmax(-1) + 1, 0)
         return cls(edges=tuple(tuple(int(v) for v in row) for row in edges))
 
@@ -108,7 +110,9 @@ class DintsSpace(SearchSpace):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
         if num_depths > 8:
-            raise ValueError(f"num_depths must be at most 8 (2^(3 * num_depths - 2) topologies per layer), got {num_depths}")
+            raise ValueError(
+                f"num_depths must be at most 8 (2^(3 * num_depths - 2) topologies per layer), got {num_depths}"
+            )
         if not isinstance(channel_mul, (int, float)) or channel_mul <= 0:
             raise ValueError(f"channel_mul must be a positive number, got {channel_mul!r}")
         if norm not in NORMS:
@@ -144,10 +148,14 @@ class DintsSpace(SearchSpace):
         L, E = self.layout.num_blocks, self.num_edges
         rows = arch.edges
         if not isinstance(rows, tuple) or len(rows) != L:
-            raise ArchError(f"dints: edges must have {L} rows (layers), got {len(rows) if isinstance(rows, tuple) else rows!r}")
+            raise ArchError(
+                f"dints: edges must have {L} rows (layers), got {len(rows) if isinstance(rows, tuple) else rows!r}"
+            )
         for layer, row in enumerate(rows):
             if not isinstance(row, tuple) or len(row) != E:
-                raise ArchError(f"dints: layer {layer} (positions {layer * E}..{layer * E + E - 1}) must have {E} edges, got {row!r}")
+                raise ArchError(
+                    f"dints: layer {layer} (positions {layer * E}..{layer * E + E - 1}) must have {E} edges, got {row!r}"
+                )
         vector = [v for row in rows for v in row]
         self.decode(vector)  # value ranges and feasibility, errors naming the position
         return [int(v) for v in vector]

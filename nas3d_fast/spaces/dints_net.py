@@ -124,7 +124,11 @@ class Stems(nn.Module):
                 InstanceNorm3d(ch[d]),
             ]
             if ds:
-                down += [nn.ReLU(), nn.Conv3d(ch[d], ch[d + 1], 3, stride=2, padding=1, bias=False), InstanceNorm3d(ch[d + 1])]
+                down += [
+                    nn.ReLU(),
+                    nn.Conv3d(ch[d], ch[d + 1], 3, stride=2, padding=1, bias=False),
+                    InstanceNorm3d(ch[d + 1]),
+                ]
                 up_in, up_out, scale = ch[d + 1], ch[d], 2
             else:
                 up_in, up_out, scale = ch[d], ch[max(d - 1, 0)], 2 ** (d != 0)
@@ -252,14 +256,19 @@ class DintsSupernet(Supernet):
         1 - that; log_alpha_c (L, E, O) -> "ops" = softmax over O. Differentiable in both."""
         lay = self.layout
         if tuple(log_alpha_a.shape) != (lay.num_blocks, lay.num_edges):
-            raise ValueError(f"log_alpha_a must have shape {(lay.num_blocks, lay.num_edges)}, got {tuple(log_alpha_a.shape)}")
+            raise ValueError(
+                f"log_alpha_a must have shape {(lay.num_blocks, lay.num_edges)}, got {tuple(log_alpha_a.shape)}"
+            )
         if tuple(log_alpha_c.shape) != (lay.num_blocks, lay.num_edges, len(lay.ops)):
             raise ValueError(
                 f"log_alpha_c must have shape {(lay.num_blocks, lay.num_edges, len(lay.ops))}, got {tuple(log_alpha_c.shape)}"
             )
         s = torch.sigmoid(log_alpha_a)
         on = (s / (1 - (1 - s).prod(-1, keepdim=True))).reshape(-1)
-        return {"paths": torch.stack([1 - on, on], dim=1), "ops": torch.softmax(log_alpha_c, -1).reshape(-1, len(lay.ops))}
+        return {
+            "paths": torch.stack([1 - on, on], dim=1),
+            "ops": torch.softmax(log_alpha_c, -1).reshape(-1, len(lay.ops)),
+        }
 
     def one_hot(self, arch) -> dict[str, torch.Tensor]:
         edges = torch.tensor(arch.edges, dtype=torch.int64).reshape(-1)
@@ -279,7 +288,9 @@ class DintsSupernet(Supernet):
                         norm = edge.norm
                     else:
                         norm = edge.norms[str(k)] if str(k) in edge.norms else None  # noqa: SIM401 (ModuleDict)
-                    cells[f"{layer}_{e}"] = _cell(copy.deepcopy(resample), EdgeOp(copy.deepcopy(edge.ops[k]), copy.deepcopy(norm)))
+                    cells[f"{layer}_{e}"] = _cell(
+                        copy.deepcopy(resample), EdgeOp(copy.deepcopy(edge.ops[k]), copy.deepcopy(norm))
+                    )
         stems = copy.deepcopy(self.stems)
         return DintsNet(
             self.layout, arch.edges, self.in_channels, self.num_classes, self.norm_placement, cells=cells, stems=stems
