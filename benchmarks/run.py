@@ -25,7 +25,7 @@ import torch
 
 from .core import Suite, peak_memory_mib, time_interleaved
 
-SUITES = ("gumbel", "mixed_edge", "sliding_window", "axial_attention", "memory_prediction")
+SUITES = ("gumbel", "mixed_edge", "sliding_window", "axial_attention", "supernet", "memory_prediction")
 
 
 def load_suite(name: str) -> Suite:
