@@ -165,3 +165,20 @@ if _extension.available():
     torch.library.register_fake("nas3d::axial_attention")(_fake_forward)
     torch.library.register_fake("nas3d::axial_attention_backward")(_fake_backward)
     torch.library.register_autograd("nas3d::axial_attention", _backward, setup_context=_setup_context)
+
+
+def flop_count(q_shape, k_shape, v_shape, axis, num_heads, scale, rel_q=None, rel_k=None, rel_v=None, **_) -> int:
+    """Forward FLOPs of ``axial_attention`` for ``torch.utils.flop_counter`` (2 per multiply-add, as for
+    convolutions and SDPA; the softmax is not counted): per line of length L, head and term, an L x L x D
+    product, for the terms q.k and p.v and each relative embedding given; summed over lines and heads
+    that is B * C * X * Y * Z * L multiply-adds per term."""
+    batch, channels = q_shape[0], q_shape[1]
+    volume = q_shape[2] * q_shape[3] * q_shape[4]
+    terms = 2 + sum(rel is not None for rel in (rel_q, rel_k, rel_v))
+    return 2 * batch * channels * volume * q_shape[axis % 5] * terms
+
+
+if _extension.available():
+    from torch.utils.flop_counter import register_flop_formula
+
+    register_flop_formula(torch.ops.nas3d.axial_attention)(flop_count)
