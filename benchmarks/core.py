@@ -27,6 +27,7 @@ class Case:
 @dataclass(frozen=True)
 class Ratio:
     """``speedup``: baseline median time / ``case`` median time. ``memory``: ``case`` peak / baseline peak.
+    ``seconds``: ``case``'s median time itself (no baseline; e.g. a time budget per call).
     ``case`` is the nas3d side, except for diagnostic ratios (e.g. a speedup ceiling)."""
 
     key: str
@@ -42,6 +43,9 @@ class Suite:
     ratios: tuple[Ratio, ...]
     description: str = ""
     quick_cases: tuple[str, ...] = field(default=())
+    #: keys that are not time or memory ratios (e.g. prediction errors): ``metrics(quick)`` returns
+    #: {"ratios": {key: value}, "units": {key: "%"...}, "details": {...}, "missing": {name: reason}}
+    metrics: Callable[[bool], dict] | None = None
 
     def case(self, name: str) -> Case:
         for c in self.cases:

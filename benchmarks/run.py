@@ -25,7 +25,7 @@ import torch
 
 from .core import Suite, peak_memory_mib, time_interleaved
 
-SUITES = ("gumbel", "mixed_edge", "sliding_window", "axial_attention")
+SUITES = ("gumbel", "mixed_edge", "sliding_window", "axial_attention", "supernet", "memory_prediction")
 
 
 def load_suite(name: str) -> Suite:
@@ -128,13 +128,16 @@ def run_suite(
         for ratio in suite.ratios:
             a = results.get(_case_key(ratio.case, device))
             b = results.get(_case_key(ratio.baseline, device))
+            if a and ratio.kind == "seconds":
+                ratios[ratio.key + suffix] = a["median_s"]
+                continue
             if not a or not b:
                 continue
             if ratio.kind == "speedup":
                 ratios[ratio.key + suffix] = b["median_s"] / a["median_s"]
             elif a["peak_mib"] and b["peak_mib"]:
                 ratios[ratio.key + suffix] = a["peak_mib"] / b["peak_mib"]
-    return {
+    doc = {
         "suite": suite.name,
         "description": suite.description,
         "machine": machine_info(),
@@ -142,6 +145,13 @@ def run_suite(
         "ratios": ratios,
         "skipped": skipped,
     }
+    if suite.metrics is not None:
+        extra = suite.metrics(quick)
+        ratios.update(extra.get("ratios", {}))
+        doc["units"] = {**{r.key: "s" for r in suite.ratios if r.kind == "seconds"}, **extra.get("units", {})}
+        doc["details"] = extra.get("details", {})
+        doc["missing"] = extra.get("missing", {})
+    return doc
 
 
 class _Bar:
@@ -174,9 +184,12 @@ def format_table(doc: dict) -> str:
         lines.append(f"{name:<32} {r['median_s'] * 1e6:>10.1f}us {peak:>10}")
     for name, reason in doc.get("skipped", {}).items():
         lines.append(f"{name:<32} skipped: {reason}")
+    for name, reason in doc.get("missing", {}).items():
+        lines.append(f"{name:<32} MISSING: {reason}")
     lines.append("")
+    units = doc.get("units", {})
     for key, value in doc["ratios"].items():
-        lines.append(f"{key:<32} {value:>10.2f}x")
+        lines.append(f"{key:<32} {value:>10.2f}{units.get(key, 'x')}")
     return "\n".join(lines)
 
 

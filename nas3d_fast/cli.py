@@ -5,6 +5,7 @@ nas3d bench SUITE    a benchmark suite side by side with its baselines (see benc
 nas3d infer ...      label maps for NIfTI images with a checkpoint (see nas3d_fast/inference/checkpoint.py)
 nas3d data ...       datasets in MSD layout: `mni152` (real MRI from nilearn's template), `synthetic` (blobs)
 nas3d train ...      train one architecture of a search space on an MSD-layout dataset (nas3d_fast/train)
+nas3d profile ...    training-step peak memory of a space's candidates (see nas3d_fast/profile/cli.py)
 """
 
 from __future__ import annotations
@@ -206,6 +207,12 @@ def _add_train(sub) -> None:
     train.set_defaults(func=cmd_train)
 
 
+def _add_profile(sub) -> None:
+    from .profile.cli import add_parser
+
+    add_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nas3d", description="Fast NAS for 3D medical image segmentation.")
     parser.add_argument("--version", action="version", version=f"nas3d_fast {__version__}")
@@ -219,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_infer(sub)
     _add_data(sub)
     _add_train(sub)
+    _add_profile(sub)
     return parser
 
 

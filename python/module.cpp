@@ -3,10 +3,16 @@
 #include <torch/extension.h>
 
 #include "../csrc/common/build_info.h"
+#include "../csrc/dints/decode.h"
+
+#include <pybind11/stl.h>
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "nas3d_fast compiled kernels (CPU, and CUDA when built with it)";
   m.def("cxx_compiler", &nas3d::cxx_compiler, "The C++ compiler that built the CPU kernels.");
   m.def("cuda_compiled", &nas3d::cuda_compiled, "True when the CUDA kernels were compiled in.");
   m.def("cuda_compiler", &nas3d::cuda_compiler, "The nvcc version of the CUDA kernels, or ''.");
+  m.def("dints_decode", &nas3d::dints_decode, "DiNTS topology decode (csrc/dints/decode.h): one edge mask per layer.",
+        pybind11::arg("log_alpha"), pybind11::arg("layers"), pybind11::arg("edge_in"), pybind11::arg("edge_out"),
+        pybind11::arg("num_scales"));
 }

@@ -105,15 +105,20 @@ class MixedEdge3d(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}, norm={self.norm_placement!r}, act={self.act!r}"
 
-    def forward(self, x: torch.Tensor, weights) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``scale``: an optional scalar tensor multiplying the output (e.g. a DiNTS path probability),
+        folded into the shared norm's affine parameters or into the per_op weights, so that it costs no
+        activation-sized tensor; differentiable in scale."""
         w, active = self._parse_weights(x, weights)
         if self.norm_placement == "shared":
-            return self._shared(x, w, active)
+            return self._shared(x, w, active, scale)
+        if scale is not None:
+            w = w * scale.to(w.dtype)
         return self._per_op(x, w, active)
 
     # -- the two placements --------------------------------------------------------------------
 
-    def _shared(self, x: torch.Tensor, w: torch.Tensor, active: list[int]) -> torch.Tensor:
+    def _shared(self, x: torch.Tensor, w: torch.Tensor, active: list[int], scale=None) -> torch.Tensor:
         merged = [k for k in active if self.ops[k].mergeable and self.ops[k].name != "zero"]
         others = [k for k in active if not self.ops[k].mergeable]
         y = None
@@ -126,7 +131,7 @@ class MixedEdge3d(nn.Module):
             y = recompute_sum([self.ops[k] for k in others], x, _take(w, others), y, self.act)
         if y is None:  # only zero was chosen
             y = self.ops[active[0]](x)
-        return self.norm(y)
+        return self.norm(y, scale)
 
     def _per_op(self, x: torch.Tensor, w: torch.Tensor, active: list[int]) -> torch.Tensor:
         live = [k for k in active if self.ops[k].name != "zero"]

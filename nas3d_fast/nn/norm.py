@@ -63,10 +63,16 @@ class InstanceNorm3d(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``scale``: an optional scalar tensor multiplying the output, folded into the affine parameters
+        (no extra activation-sized tensor; differentiable in scale)."""
         if x.dim() != 5 or x.shape[1] != self.num_features:
             raise ValueError(f"x must have shape (N, {self.num_features}, X, Y, Z), got {tuple(x.shape)}")
-        return _InstanceNorm.apply(x, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+        weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
+        if scale is not None:
+            scale = scale.to(x.dtype)
+            weight, bias = weight * scale, bias * scale
+        return _InstanceNorm.apply(x, weight, bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"

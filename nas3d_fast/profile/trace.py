@@ -1,0 +1,287 @@
+"""Follows the lifetime of every tensor storage while a training step runs (on meta or real tensors).
+
+:class:`LifetimeTracker` is a ``TorchDispatchMode``: every op's outputs whose storage it has not seen
+are allocations; a weak reference on each storage (PyTorch keeps one Python object per storage while
+the storage lives) reports its free the moment the last tensor on it dies. Storages resized in place
+(``resize_`` of ops with ``out=``, ``untyped_storage().resize_``) are recorded as a free and a new
+allocation. ``.item()`` on a meta tensor (e.g. torch.optim's step counter) answers 1.
+
+The result is a trace: ``sizes[i]`` and ``categories[i]`` of allocation i, and ``events``, a list of
+``i`` (allocate) and ``~i`` (free) in program order, that ``allocators.replay`` replays.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+
+
+class LifetimeTracker(TorchDispatchMode):
+    """Records allocations and frees of tensor storages.
+
+    workspace: optional ``fn(func, args, out) -> (before, during)`` giving bytes an op holds
+    internally (see ``workspace.cpu_workspace``); recorded as "workspace" allocations around its outputs.
+    clock: when True, every event also records ``time.time_ns()`` (to line up with profiler events).
+    host: optional ``fn(tensor) -> bool``; storages it accepts are filed as "host" (not device memory).
+    """
+
+    def __init__(self, workspace: Callable | None = None, clock: bool = False, host: Callable | None = None):
+        super().__init__()
+        self.sizes: list[int] = []
+        self.categories: list[str] = []
+        self.events: list[int] = []
+        self.times: list[int] = []
+        self.phase = "setup"
+        self._live: dict[int, tuple[int, weakref.ref]] = {}
+        self._workspace = workspace
+        self._clock = clock
+        self._resize = None
+        self._host = host
+        self.recording = True
+
+    # -- recording ---------------------------------------------------------------------------------
+
+    def _event(self, e: int) -> None:
+        self.events.append(e)
+        if self._clock:
+            self.times.append(time.time_ns())
+
+    def _new(self, nbytes: int, category: str) -> int:
+        i = len(self.sizes)
+        self.sizes.append(nbytes)
+        self.categories.append(category)
+        self._event(i)
+        return i
+
+    def _freed(self, key: int, _ref=None) -> None:
+        entry = self._live.pop(key, None)
+        if entry is not None:
+            self._event(~entry[0])
+
+    def track(self, t: torch.Tensor, category: str | None = None) -> int | None:
+        """Record t's storage as allocated now (if new); returns its allocation id."""
+        storage = t.untyped_storage()
+        key = storage._cdata
+        entry = self._live.get(key)
+        nbytes = storage.nbytes()
+        if entry is not None:
+            i = entry[0]
+            if self.sizes[i] == nbytes:
+                return i
+            self._live.pop(key)  # resized in place: the old block goes, a new one comes
+            self._event(~i)
+            category = category or self.categories[i]
+        if self._host is not None and self._host(t):
+            category = "host"
+        i = self._new(nbytes, category or self._default_category())
+        self._live[key] = (i, weakref.ref(storage, lambda ref, key=key: self._freed(key)))
+        return i
+
+    def _default_category(self) -> str:
+        return "optimizer_state" if self.phase == "optimizer" else "activations"
+
+    def allocation(self, t: torch.Tensor) -> int | None:
+        """The id of the live allocation holding t's storage, or None."""
+        entry = self._live.get(t.untyped_storage()._cdata)
+        return None if entry is None else entry[0]
+
+    def set_category(self, t: torch.Tensor, category: str) -> None:
+        i = self.allocation(t)
+        if i is not None:
+            self.categories[i] = category
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+
+    # -- the dispatch mode -------------------------------------------------------------------------
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is aten._local_scalar_dense.default and _is_fake(args[0]):  # .item() has no value to give
+            return _placeholder(args[0].dtype)
+        out = _elementwise(func, args, kwargs)
+        if out is None:
+            out = func(*args, **kwargs)
+        if not self.recording:
+            return out
+        before = during = 0
+        if self._workspace is not None:
+            before, during = self._workspace(func, args, out)
+        if before:
+            self._event(~self._new(before, "workspace"))
+        ws = self._new(during, "workspace") if during else None
+        if isinstance(out, torch.Tensor):
+            self.track(out)
+        elif isinstance(out, (tuple, list)):
+            for o in out:
+                if isinstance(o, torch.Tensor):
+                    self.track(o)
+                elif isinstance(o, (tuple, list)):
+                    for p in o:
+                        if isinstance(p, torch.Tensor):
+                            self.track(p)
+        if ws is not None:
+            self._event(~ws)
+        return out
+
+    def __enter__(self):
+        tracker = self
+        original = torch.UntypedStorage.resize_
+
+        def resize_(storage, size):
+            result = original(storage, size)
+            entry = tracker._live.get(storage._cdata) if tracker.recording else None
+            if entry is not None and tracker.sizes[entry[0]] != storage.nbytes():
+                tracker._live.pop(storage._cdata)
+                tracker._event(~entry[0])
+                i = tracker._new(storage.nbytes(), tracker.categories[entry[0]])
+                key = storage._cdata
+                tracker._live[key] = (i, weakref.ref(storage, lambda ref, key=key: tracker._freed(key)))
+            return result
+
+        self._resize = torch.UntypedStorage.__dict__.get("resize_")
+        torch.UntypedStorage.resize_ = resize_
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        if self._resize is None:
+            del torch.UntypedStorage.resize_
+        else:
+            torch.UntypedStorage.resize_ = self._resize
+        return super().__exit__(*exc)
+
+    def close(self) -> None:
+        """Stop following storages (their later frees are not part of the trace)."""
+        self._live.clear()
+
+
+# Ops whose meta kernels are Python decompositions (~0.5 ms a call, most of a trace's time) are
+# answered here when every tensor argument is a floating meta tensor of the first one's dtype (so no
+# type promotion): elementwise ops give the broadcast shape (in-place ones return their first
+# argument), reductions the reduced shape, both contiguous as TensorIterator makes them.
+_OUT_OF_PLACE = {
+    getattr(getattr(aten, name), overload)
+    for name, overloads in {
+        "add": ("Tensor", "Scalar"),
+        "sub": ("Tensor", "Scalar"),
+        "mul": ("Tensor", "Scalar"),
+        "div": ("Tensor", "Scalar"),
+        "addcmul": ("default",),
+        "addcdiv": ("default",),
+        "neg": ("default",),
+        "sqrt": ("default",),
+        "rsqrt": ("default",),
+        "exp": ("default",),
+        "sigmoid": ("default",),
+        "tanh": ("default",),
+        "relu": ("default",),
+        "leaky_relu": ("default",),
+        "threshold_backward": ("default",),
+        "leaky_relu_backward": ("default",),
+        "lerp": ("Scalar",),
+    }.items()
+    for overload in overloads
+}
+_IN_PLACE = {
+    getattr(getattr(aten, name), overload)
+    for name, overloads in {
+        "add_": ("Tensor", "Scalar"),
+        "sub_": ("Tensor", "Scalar"),
+        "mul_": ("Tensor", "Scalar"),
+        "div_": ("Tensor", "Scalar"),
+        "addcmul_": ("default",),
+        "addcdiv_": ("default",),
+        "lerp_": ("Scalar",),
+        "sqrt_": ("default",),
+        "neg_": ("default",),
+        "relu_": ("default",),
+        "copy_": ("default",),
+    }.items()
+    for overload in overloads
+}
+_REDUCTIONS = {aten.sum.dim_IntList, aten.mean.dim}
+_LIKE = {aten.empty_like.default, aten.zeros_like.default, aten.ones_like.default}
+
+
+def _elementwise(func, args, kwargs):
+    if func in _REDUCTIONS:
+        return _reduction(args, kwargs)
+    if func is aten.var_mean.correction:
+        if kwargs.keys() - {"correction", "keepdim"} or len(args) != 2:
+            return None
+        out = _reduction(args[:2], {"keepdim": kwargs.get("keepdim", False)})
+        return None if out is None else (out, torch.empty_like(out))
+    if func in _LIKE:
+        return _like(args, kwargs)
+    if func is aten.upsample_trilinear3d.default:
+        x, size = args[0], args[1]
+        if x.device.type != "meta" or size is None or x.dim() != 5:
+            return None
+        return torch.empty((*x.shape[:2], *size), dtype=x.dtype, device="meta")
+    inplace = func in _IN_PLACE
+    if not (inplace or func in _OUT_OF_PLACE) or kwargs.keys() - {"alpha", "value", "negative_slope", "non_blocking"}:
+        return None
+    first = args[0]
+    if not isinstance(first, torch.Tensor) or first.device.type != "meta" or not first.dtype.is_floating_point:
+        return None
+    shape = first.shape
+    for a in args[1:]:
+        if isinstance(a, torch.Tensor):
+            if a.device.type != "meta" or a.dtype != first.dtype:
+                return None
+            if a.shape != shape:
+                if inplace and func is not aten.copy_.default:
+                    return None
+                try:
+                    shape = torch.broadcast_shapes(shape, a.shape)
+                except RuntimeError:
+                    return None
+        elif not isinstance(a, (int, float, bool)) and a is not None:
+            return None
+    if inplace:
+        return first if func is aten.copy_.default or shape == first.shape else None
+    return torch.empty(shape, dtype=first.dtype, device="meta")
+
+
+def _like(args, kwargs):
+    x = args[0]
+    if len(args) != 1 or not isinstance(x, torch.Tensor) or x.device.type != "meta":
+        return None
+    if kwargs.get("dtype") not in (None, x.dtype) or kwargs.get("device") not in (None, x.device):
+        return None
+    if kwargs.get("layout") not in (None, torch.strided):
+        return None
+    return torch.empty(x.shape, dtype=x.dtype, device="meta")
+
+
+def _reduction(args, kwargs):
+    x = args[0]
+    if not isinstance(x, torch.Tensor) or x.device.type != "meta" or not x.dtype.is_floating_point:
+        return None
+    if kwargs.get("dtype") is not None or kwargs.keys() - {"keepdim", "dtype"} or len(args) > 3:
+        return None
+    dims = args[1] if len(args) > 1 else None
+    keepdim = bool(args[2]) if len(args) > 2 else bool(kwargs.get("keepdim", False))
+    if not dims:
+        return None
+    reduced = {d % x.dim() for d in dims}
+    shape = [1 if i in reduced else n for i, n in enumerate(x.shape) if keepdim or i not in reduced]
+    return torch.empty(shape, dtype=x.dtype, device="meta")
+
+
+def _is_fake(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.device.type == "meta"
+
+
+def _placeholder(dtype: torch.dtype):
+    if dtype == torch.bool:
+        return True
+    if dtype.is_floating_point or dtype.is_complex:
+        return 1.0
+    return 1

@@ -1,0 +1,126 @@
+"""Memory that CPU kernels allocate inside themselves (invisible to a trace of op outputs).
+
+Only the convolutions hold enough to matter: the slow (im2col) paths build column buffers of
+C_in/groups x kernel volume x output voxels, and oneDNN reorders its output or gradient into a buffer
+of the same size (oneDNN pads channels to blocks of 8). The sizes below were read off the CPU allocator's events (torch.profiler memory
+events) of torch 2.x's kernels, per backend that ``torch._C._select_conv_backend`` picks:
+
+==================  ===========================================  =========================================
+backend             forward (live with the output)               backward
+==================  ===========================================  =========================================
+Slow3d              columns, N x (C_in k^3) x out voxels         columns, live with the input gradient
+                    (none for a 1x1x1, stride 1 convolution)
+SlowDilated3d       columns of one sample                        columns of one sample
+Mkldnn              blocked input copy (channels a multiple of    blocked grad_output, weight and input
+                    8) + weight + blocked output, then the       gradient, then the blocked input gradient
+                    blocked output beside the plain one          (or blocked grad_output + an input copy)
+                                                                 beside the gradients
+==================  ===========================================  =========================================
+
+torch picks the backend from shapes, dtypes and the number of threads (oneDNN needs more than one
+for some shapes), so a CPU prediction holds for runs with this process's ``torch.get_num_threads()``.
+
+Each model returns ``(before, during)``: bytes held briefly before the op's outputs exist, and bytes
+held beside them until the op returns. Other ops are modelled as allocating only their outputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+aten = torch.ops.aten
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _proxy(t: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor of t's shape and dtype holding one element (torch picks a convolution's backend
+    from shapes, dtypes and devices; a meta tensor would pick none)."""
+    return torch.empty((1,) * t.dim(), dtype=t.dtype).expand(t.shape)
+
+
+def _blocked(t: torch.Tensor) -> int:
+    """Bytes of t in oneDNN's blocked layout: channels padded up to a multiple of 8."""
+    channels = t.shape[1]
+    return _nbytes(t) // max(channels, 1) * (-(-channels // 8) * 8)
+
+
+def _conv_backend(x, weight, stride, padding, dilation, transposed, output_padding, groups) -> str:
+    if x.device.type == "meta":
+        x, weight = _proxy(x), _proxy(weight)
+    try:
+        backend = torch._C._select_conv_backend(
+            x, weight, None, stride, padding, dilation, transposed, output_padding, groups, None
+        )
+    except (RuntimeError, TypeError):
+        return "unknown"
+    return str(backend).rsplit(".", 1)[-1]
+
+
+def _columns(x, weight, out_voxels: int, per_sample: bool) -> int:
+    rows = x.shape[1] * math.prod(weight.shape[2:])
+    return (1 if per_sample else x.shape[0]) * rows * out_voxels * x.element_size()
+
+
+def _conv_forward(args, out) -> tuple[int, int]:
+    x, weight, _bias, stride, padding, dilation, transposed, output_padding, groups = args[:9]
+    if x.dim() != 5:
+        return 0, 0
+    backend = _conv_backend(x, weight, stride, padding, dilation, transposed, output_padding, groups)
+    out_voxels = math.prod(out.shape[2:])
+    if backend == "Slow3d":
+        pointwise = all(k == 1 for k in weight.shape[2:]) and all(s == 1 for s in stride) and not any(padding)
+        return 0, 0 if pointwise else _columns(x, weight, out_voxels, per_sample=False)
+    if backend == "SlowDilated3d":
+        return 0, _columns(x, weight, out_voxels, per_sample=True)
+    if backend == "Mkldnn":
+        # input reordered to oneDNN's blocked layout (channels in blocks of 8) when its channels fill
+        # whole blocks; output computed blocked (channels padded to 8), then copied to the plain one
+        reordered = _nbytes(x) if x.shape[1] % 8 == 0 else 0
+        return reordered + _nbytes(weight) + _blocked(out), _blocked(out)
+    return 0, 0
+
+
+def _conv_backward(args, out) -> tuple[int, int]:
+    grad_out, x, weight, _bias_sizes, stride, padding, dilation, transposed, output_padding, groups = args[:10]
+    if x.dim() != 5:
+        return 0, 0
+    backend = _conv_backend(x, weight, stride, padding, dilation, transposed, output_padding, groups)
+    out_voxels = math.prod(grad_out.shape[2:])
+    if backend == "Slow3d":
+        return 0, _columns(x, weight, out_voxels, per_sample=False)
+    if backend == "SlowDilated3d":
+        return 0, _columns(x, weight, out_voxels, per_sample=True)
+    if backend == "Mkldnn":
+        # blocked grad_output + weight + blocked input gradient; then the blocked input gradient is
+        # copied to the plain one; the weight gradient reads a blocked grad_output (and, for outputs
+        # whose channels do not fill blocks, a blocked copy of the input)
+        grad_in = _blocked(x)
+        before = _blocked(grad_out) + _nbytes(weight) + grad_in
+        weight_pass = _blocked(grad_out) + (_nbytes(x) if grad_out.shape[1] % 8 else 0)
+        return before, max(grad_in, weight_pass)
+    return 0, 0
+
+
+def _batch_norm_backward(args, out) -> tuple[int, int]:
+    return 0, _nbytes(args[1])  # a temporary of the input's size beside the input gradient
+
+
+CPU_MODELS = {
+    aten.native_batch_norm_backward.default: _batch_norm_backward,
+    aten.convolution.default: _conv_forward,
+    aten.convolution_backward.default: _conv_backward,
+}
+
+
+def cpu_workspace(func, args, out) -> tuple[int, int]:
+    """(before, during) workspace bytes of one op on the CPU; (0, 0) for ops without a model."""
+    model = CPU_MODELS.get(func)
+    if model is None:
+        return 0, 0
+    first = out[0] if isinstance(out, (tuple, list)) else out
+    return model(args, first)
