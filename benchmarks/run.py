@@ -19,9 +19,10 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 
 import torch
+
+from nas3d_fast import _atomic
 
 from .core import Suite, peak_memory_mib, time_interleaved
 
@@ -195,16 +196,7 @@ def format_table(doc: dict) -> str:
 
 def write_json(doc: dict, path: str) -> None:
     """Written to a temporary name beside ``path`` and renamed, so a crash never leaves half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    _atomic.write_json(doc, path)
 
 
 def write_plot(doc: dict, path: str) -> None:
@@ -226,12 +218,9 @@ def write_plot(doc: dict, path: str) -> None:
     ratios = "\n".join(f"{k}: {v:.2f}x" for k, v in doc["ratios"].items())
     ax.set_title(f"{doc['suite']} ({doc['machine']['processor']})\n{ratios}", fontsize=8)
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
+    with _atomic.atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 
 import numpy as np
 
+from .._atomic import atomic_path
 from .msd import Case
 from .nifti import read_image, read_label, write_json
 from .preprocess import PreprocessedCase, Preprocessing, preprocess_case
@@ -31,15 +31,8 @@ def _stamp(path: str | None):
 
 
 def _save_npy(array: np.ndarray, path: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, ".npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 def load_and_preprocess(case: Case, settings: Preprocessing) -> PreprocessedCase:

@@ -8,9 +8,11 @@ the file (nibabel's ``img.affine``); spacing is the length of its first three co
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
+
+from .. import _atomic
+from .._atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -85,33 +87,11 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: str, dtype=None) ->
     img.header.set_xyzt_units("mm")
     img.header.set_sform(img.affine, code=1)
     img.header.set_qform(img.affine, code=1)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     suffix = next(s for s in NIFTI_SUFFIXES if path.lower().endswith(s))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_json(obj, path: str) -> None:
     """JSON to a temporary name beside ``path``, then renamed."""
-    import json
-
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _atomic.write_json(obj, path)

@@ -3,11 +3,10 @@ input's affine and header to a temporary name beside the target, then rename (ne
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import numpy as np
 import torch
+
+from .._atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -56,14 +55,5 @@ def write_labels(labels: np.ndarray, like, path: str) -> None:
     out = nib.Nifti1Image(labels, like.affine, header=header)
     out.set_data_dtype(labels.dtype)
     out.header.set_slope_inter(1.0, 0.0)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=_suffix(path), dir=directory)
-    os.close(fd)
-    try:
+    with atomic_path(path, _suffix(path)) as tmp:
         nib.save(out, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -12,14 +12,13 @@ One row per candidate: parameters, forward FLOPs (``space.cost``, batch 1), pred
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import sys
-import tempfile
 
 import numpy as np
 import torch
+
+from .._atomic import write_json
 
 MiB = 2**20
 _UNITS = {
@@ -103,7 +102,7 @@ def run(args) -> int:
     if args.calibrate:
         print(_calibration_summary(rows))
     if args.json:
-        _write_json({"settings": settings, "rows": rows}, args.json)
+        write_json({"settings": settings, "rows": rows}, args.json)
         print(f"wrote {args.json}")
     return 0
 
@@ -238,16 +237,3 @@ def _calibration_summary(rows: list[dict]) -> str:
         f"max |error| {max(errors):.2f}% (measured max_memory_allocated vs the caching-allocator model; "
         f"cuDNN workspaces are not modelled)"
     )
-
-
-def _write_json(doc: dict, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

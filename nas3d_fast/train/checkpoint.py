@@ -24,13 +24,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._atomic import atomic_path
 from ..inference.checkpoint import FORMAT as INFER_FORMAT
 from ..inference.checkpoint import InferSettings
 
@@ -39,19 +39,10 @@ TRAIN_FORMAT = "nas3d-train-1"
 
 def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_save(obj: Any, path: str) -> None:
