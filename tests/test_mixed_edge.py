@@ -151,6 +151,42 @@ def test_no_candidate_output_is_saved_for_backward(norm):
     assert dense >= len(edge.ops)
 
 
+def test_coarse_wide_scale_runs_p3d_unmerged():
+    """Where composing a P3D kernel costs more than running the pair (few voxels, many channels) the
+    shared edge runs the pair on the recompute path; the result still equals the eager edge."""
+    names = ["conv3x3x3", "p3d_3x3x1_1x1x3", "p3d_1x3x3_3x1x1", "identity", "zero"]
+    edge = _edge(16, 16, "shared", 1, names=names)
+    assert not edge.ops[1].merges_at(8) and edge.ops[1].merges_at(4096)
+    calls = _count_calls(edge)
+    x, w = _inputs(edge, shape=(1, 2, 2, 2))
+    leaves = [x, w, *edge.parameters()]
+    got, want = edge(x, w), eager(edge, x, w)
+    assert calls[1] == 1 and calls[2] == 1  # each ran once (forward), not through its kernel as well
+    torch.testing.assert_close(got, want)
+    _assert_grads_close(_grads(got, leaves), _grads(want, leaves))
+
+
+def test_shared_edge_saves_no_kernel():
+    """The merged kernel and the composed P3D kernels (C_out * C_in * 27 values each, more than the
+    activation on a coarse scale) are rebuilt in backward, not kept: autograd holds no kernel-sized
+    tensor besides the parameters."""
+    edge = _edge(8, 8, "shared", 1, names=["conv3x3x3", "p3d_3x3x1_1x1x3", "identity"], dtype=torch.float32)
+    x, w = _inputs(edge, torch.float32, shape=(1, 4, 4, 4))
+    params = {p.data_ptr() for p in edge.parameters()}
+    kernel_sized = []
+
+    def pack(t):
+        if t.numel() >= 8 * 8 * 27 and t.data_ptr() not in params:
+            kernel_sized.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = edge(x, w)
+    assert kernel_sized == [], f"the shared edge kept {kernel_sized} for backward"
+    out.sum().backward()  # and the backward still runs from what was kept
+    assert all(p.grad is not None for p in edge.ops.parameters())
+
+
 def test_traces_on_meta_device():
     edge = _edge(4, 6, "shared", 2, dtype=torch.float32).to("meta")
     x = torch.empty(1, 4, 9, 8, 7, device="meta", requires_grad=True)

@@ -79,6 +79,11 @@ class Candidate(nn.Module):
         """The kernel in ``like``'s dtype and device (mergeable candidates only)."""
         raise TypeError(f"candidate {self.name!r} is not mergeable")
 
+    def merges_at(self, out_voxels: int) -> bool:
+        """Whether merging this candidate into an edge's one convolution pays at ``out_voxels`` output
+        voxels (N * X' * Y' * Z'): always for a mergeable candidate whose kernel costs nothing to form."""
+        return self.mergeable
+
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
 
@@ -160,6 +165,13 @@ class P3D(Candidate):
         s2 = tuple(self.stride if k == 3 else 1 for k in self._k2)
         y = F.conv3d(x, self.first, stride=s1, padding=tuple(k // 2 for k in self._k1))
         return F.conv3d(y, self.second, stride=s2, padding=tuple(k // 2 for k in self._k2))
+
+    def merges_at(self, out_voxels: int) -> bool:
+        """Composing the kernel costs O * O * I * 27 multiply-adds whatever the input size; running the
+        pair costs about out_voxels * O * (9 I + 3 O). On coarse, wide scales (e.g. 4^3 voxels at 256
+        channels) composing costs ~9x more than running the pair, so it runs on its own there."""
+        o, i = self.out_channels, self.in_channels
+        return o * i * 27 <= out_voxels * (9 * i + 3 * o)
 
     def kernel(self, like: torch.Tensor) -> torch.Tensor:
         o, i = self.first.shape[:2]

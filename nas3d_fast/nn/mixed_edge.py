@@ -23,6 +23,7 @@ gradient is 0; in the gumbel op it is multiplied by a zero Jacobian anyway).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -31,7 +32,7 @@ from torch import nn
 
 from .. import ops
 from ..ops.mixed import weight_grads
-from .candidates import Candidate, make_candidate
+from .candidates import Candidate, make_candidate, out_size
 from .norm import InstanceNorm3d
 
 NORMS = ("shared", "per_op")
@@ -119,14 +120,13 @@ class MixedEdge3d(nn.Module):
     # -- the two placements --------------------------------------------------------------------
 
     def _shared(self, x: torch.Tensor, w: torch.Tensor, active: list[int], scale=None) -> torch.Tensor:
-        merged = [k for k in active if self.ops[k].mergeable and self.ops[k].name != "zero"]
-        others = [k for k in active if not self.ops[k].mergeable]
+        voxels = x.shape[0] * math.prod(out_size(n, self.stride) for n in x.shape[2:])
+        live = [k for k in active if self.ops[k].name != "zero"]
+        merged = [k for k in live if self.ops[k].merges_at(voxels)]
+        others = [k for k in live if k not in merged]
         y = None
         if merged:
-            kernels = [self.ops[k].kernel(x) for k in merged]
-            size = tuple(max(kern.shape[2 + d] for kern in kernels) for d in range(3))
-            kernel = ops.kernel_merge(kernels, _take(w, merged), size)
-            y = _ActConv.apply(x, kernel, self.stride, self.act)
+            y = merged_act_conv([self.ops[k] for k in merged], x, _take(w, merged), self.stride, self.act)
         if others:
             y = recompute_sum([self.ops[k] for k in others], x, _take(w, others), y, self.act)
         if y is None:  # only zero was chosen
@@ -292,30 +292,76 @@ class _RecomputeSum(torch.autograd.Function):
         return (None, None, grad_x, grad_w, grad if ctx.has_base else None, *grad_params)
 
 
-class _ActConv(torch.autograd.Function):
-    """conv3d(act(x), kernel) with "same" padding, keeping x (the caller's) rather than act(x) for
-    backward: act(x) is recomputed there and released before the input gradient is formed."""
+def merged_act_conv(
+    cands: Sequence[Candidate], x: torch.Tensor, w: torch.Tensor, stride: int, act: str
+) -> torch.Tensor:
+    """conv3d(act(x), kernel_merge([c.kernel() for c in cands], w)) with "same" padding: the weighted sum
+    of the mergeable candidates as ONE convolution.
 
+    Keeps only x, w and the candidates' parameters for backward. The kernels (the composed P3D ones and
+    the merged one, each C_out * C_in * 27 values: 7 MiB at 256 channels, more than the activation on a
+    coarse scale) and act(x) are rebuilt in backward and released as soon as they are used.
+    """
+    wrapped = [_KernelOf(c) for c in cands]
+    flat = [p for m in wrapped for p in m.parameters()]
+    return _MergedActConv.apply(wrapped, stride, act, x, w, *flat)
+
+
+class _KernelOf(nn.Module):
+    """A mergeable candidate whose forward is its kernel, so that ``torch.func.functional_call`` can
+    rebuild the kernel from given parameter tensors."""
+
+    def __init__(self, candidate: Candidate):
+        super().__init__()
+        self.candidate = candidate
+
+    def forward(self, like: torch.Tensor) -> torch.Tensor:
+        return self.candidate.kernel(like)
+
+
+def _merged_kernel(wrapped, names, params, w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    kernels, first = [], 0
+    for m, n in zip(wrapped, names):
+        kernels.append(torch.func.functional_call(m, dict(zip(n, params[first : first + len(n)])), (like,)))
+        first += len(n)
+    size = tuple(max(k.shape[2 + d] for k in kernels) for d in range(3))
+    return ops.kernel_merge(kernels, w, size)
+
+
+class _MergedActConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, kernel, stride, act):
+    def forward(ctx, wrapped, stride, act, x, w, *params):
+        names = [[n for n, _ in m.named_parameters()] for m in wrapped]
         with torch.no_grad():
-            a = activation(x, act)
-            y = F.conv3d(a, kernel, stride=stride, padding=tuple(n // 2 for n in kernel.shape[2:]))
-        ctx.save_for_backward(x, kernel)
-        ctx.stride, ctx.act = stride, act
+            kernel = _merged_kernel(wrapped, names, params, w, x)
+            y = F.conv3d(activation(x, act), kernel, stride=stride, padding=tuple(n // 2 for n in kernel.shape[2:]))
+        ctx.wrapped, ctx.names, ctx.stride, ctx.act = wrapped, names, stride, act
+        ctx.save_for_backward(x, w, *params)
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        x, kernel = ctx.saved_tensors
+        x, w, *params = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        need_params = [ctx.needs_input_grad[5 + j] for j in range(len(params))]
+        leaves = [w.detach().requires_grad_(need_w)] + [
+            p.detach().requires_grad_(n) for p, n in zip(params, need_params)
+        ]
+        with torch.enable_grad():
+            kernel = _merged_kernel(ctx.wrapped, ctx.names, leaves[1:], leaves[0], x)
         stride, padding = ctx.stride, tuple(n // 2 for n in kernel.shape[2:])
-        grad_x = grad_kernel = None
-        if ctx.needs_input_grad[1]:
+        grads = [None] * len(leaves)
+        if need_w or any(need_params):
             with torch.no_grad():
                 a = activation(x, ctx.act)
             grad_kernel = torch.nn.grad.conv3d_weight(a, kernel.shape, grad, stride=stride, padding=padding)
             del a
-        if ctx.needs_input_grad[0]:
-            grad_a = torch.nn.grad.conv3d_input(x.shape, kernel, grad, stride=stride, padding=padding)
+            wanted = [leaf for leaf in leaves if leaf.requires_grad]
+            got = iter(torch.autograd.grad(kernel, wanted, grad_kernel, allow_unused=True))
+            grads = [next(got) if leaf.requires_grad else None for leaf in leaves]
+            del grad_kernel
+        grad_x = None
+        if need_x:
+            grad_a = torch.nn.grad.conv3d_input(x.shape, kernel.detach(), grad, stride=stride, padding=padding)
             grad_x = activation_backward_(grad_a, x, ctx.act)
-        return grad_x, grad_kernel, None, None
+        return (None, None, None, grad_x, *grads)
