@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from .conv import conv3d
 
 CANDIDATES = (
     "zero",
@@ -139,7 +140,7 @@ class Conv(Candidate):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.weight.shape[2:]
-        return F.conv3d(x, self.weight, stride=self.stride, padding=tuple(n // 2 for n in k))
+        return conv3d(x, self.weight, self.stride, tuple(n // 2 for n in k))
 
     def kernel(self, like: torch.Tensor) -> torch.Tensor:
         return self.weight
@@ -163,8 +164,8 @@ class P3D(Candidate):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s1 = tuple(self.stride if k == 3 else 1 for k in self._k1)
         s2 = tuple(self.stride if k == 3 else 1 for k in self._k2)
-        y = F.conv3d(x, self.first, stride=s1, padding=tuple(k // 2 for k in self._k1))
-        return F.conv3d(y, self.second, stride=s2, padding=tuple(k // 2 for k in self._k2))
+        y = conv3d(x, self.first, s1, tuple(k // 2 for k in self._k1))
+        return conv3d(y, self.second, s2, tuple(k // 2 for k in self._k2))
 
     def merges_at(self, out_voxels: int) -> bool:
         """Composing the kernel costs O * O * I * 27 multiply-adds whatever the input size; running the

@@ -33,6 +33,7 @@ from torch import nn
 from .. import ops
 from ..ops.mixed import weight_grads
 from .candidates import Candidate, make_candidate, out_size
+from .conv import conv3d, conv3d_grads
 from .norm import InstanceNorm3d
 
 NORMS = ("shared", "per_op")
@@ -334,7 +335,7 @@ class _MergedActConv(torch.autograd.Function):
         names = [[n for n, _ in m.named_parameters()] for m in wrapped]
         with torch.no_grad():
             kernel = _merged_kernel(wrapped, names, params, w, x)
-            y = F.conv3d(activation(x, act), kernel, stride=stride, padding=tuple(n // 2 for n in kernel.shape[2:]))
+            y = conv3d(activation(x, act), kernel, stride, tuple(n // 2 for n in kernel.shape[2:]))
         ctx.wrapped, ctx.names, ctx.stride, ctx.act = wrapped, names, stride, act
         ctx.save_for_backward(x, w, *params)
         return y
@@ -349,19 +350,19 @@ class _MergedActConv(torch.autograd.Function):
         ]
         with torch.enable_grad():
             kernel = _merged_kernel(ctx.wrapped, ctx.names, leaves[1:], leaves[0], x)
-        stride, padding = ctx.stride, tuple(n // 2 for n in kernel.shape[2:])
+        padding = tuple(n // 2 for n in kernel.shape[2:])
+        need_kernel = need_w or any(need_params)
         grads = [None] * len(leaves)
-        if need_w or any(need_params):
+        if need_kernel:
             with torch.no_grad():
                 a = activation(x, ctx.act)
-            grad_kernel = torch.nn.grad.conv3d_weight(a, kernel.shape, grad, stride=stride, padding=padding)
-            del a
+            grad_kernel = conv3d_grads(a, kernel.detach(), grad, ctx.stride, padding, False, True)[1]
+            del a  # released before the input gradient is formed (which reads only x's shape)
             wanted = [leaf for leaf in leaves if leaf.requires_grad]
             got = iter(torch.autograd.grad(kernel, wanted, grad_kernel, allow_unused=True))
             grads = [next(got) if leaf.requires_grad else None for leaf in leaves]
-            del grad_kernel
         grad_x = None
         if need_x:
-            grad_a = torch.nn.grad.conv3d_input(x.shape, kernel.detach(), grad, stride=stride, padding=padding)
+            grad_a = conv3d_grads(x, kernel.detach(), grad, ctx.stride, padding, True, False)[0]
             grad_x = activation_backward_(grad_a, x, ctx.act)
         return (None, None, None, grad_x, *grads)

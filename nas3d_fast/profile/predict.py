@@ -6,12 +6,14 @@ allocator (``allocators``)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from ..nn.conv import meta_as_cpu
 from . import allocators
 from .loss import make_loss
 from .report import CATEGORIES, MemoryReport
@@ -71,7 +73,8 @@ def trace_training(
     def forward(x):
         return torch.func.functional_call(model, state, (x,))
 
-    with tracker:
+    # the CPU picks kernels from shapes (nas3d_fast.nn.conv): the trace follows the CPU's choices
+    with tracker, meta_as_cpu() if target == "cpu" else contextlib.nullcontext():
         if steps > 1:
             # From the second step on, steps repeat exactly: the optimiser's state exists throughout,
             # the previous gradients are freed by zero_grad. One traced step with the state already

@@ -106,6 +106,8 @@ class LifetimeTracker(TorchDispatchMode):
         if func is aten._local_scalar_dense.default and _is_fake(args[0]):  # .item() has no value to give
             return _placeholder(args[0].dtype)
         out = _elementwise(func, args, kwargs)
+        if out is None and func is aten.mkldnn_convolution.default and args[0].device.type == "meta":
+            out = _meta_mkldnn_convolution(*args)
         if out is None:
             out = func(*args, **kwargs)
         if not self.recording:
@@ -285,3 +287,9 @@ def _placeholder(dtype: torch.dtype):
     if dtype.is_floating_point or dtype.is_complex:
         return 1.0
     return 1
+
+
+def _meta_mkldnn_convolution(x, weight, bias, padding, stride, dilation, groups):
+    """aten.mkldnn_convolution (``nas3d_fast.nn.conv``'s CPU route) has no meta kernel: its output is
+    that of the convolution it computes."""
+    return aten.convolution.default(x, weight, bias, stride, padding, dilation, False, [0] * len(stride), groups)

@@ -71,6 +71,16 @@ def _conv_forward(args, out) -> tuple[int, int]:
     if x.dim() != 5:
         return 0, 0
     backend = _conv_backend(x, weight, stride, padding, dilation, transposed, output_padding, groups)
+    return _conv_forward_on(backend, x, weight, stride, padding, out)
+
+
+def _mkldnn_forward(args, out) -> tuple[int, int]:
+    """aten.mkldnn_convolution, which ``nas3d_fast.nn.conv`` calls directly: oneDNN's forward."""
+    x, weight, _bias, padding, stride = args[:5]
+    return _conv_forward_on("Mkldnn", x, weight, stride, padding, out) if x.dim() == 5 else (0, 0)
+
+
+def _conv_forward_on(backend: str, x, weight, stride, padding, out) -> tuple[int, int]:
     out_voxels = math.prod(out.shape[2:])
     if backend == "Slow3d":
         pointwise = all(k == 1 for k in weight.shape[2:]) and all(s == 1 for s in stride) and not any(padding)
@@ -113,6 +123,7 @@ def _batch_norm_backward(args, out) -> tuple[int, int]:
 CPU_MODELS = {
     aten.native_batch_norm_backward.default: _batch_norm_backward,
     aten.convolution.default: _conv_forward,
+    aten.mkldnn_convolution.default: _mkldnn_forward,
     aten.convolution_backward.default: _conv_backward,
 }
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import MixedEdge3d, make_candidate
+from ..nn.conv import Conv3d
 from ..nn.norm import InstanceNorm3d
 from .base import Supernet
 from .dints_topology import edge_scales
@@ -47,7 +48,7 @@ class ActConvNorm(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, kernel: int = 3):
         super().__init__()
-        self.conv = nn.Conv3d(c_in, c_out, kernel, padding=kernel // 2, bias=False)
+        self.conv = Conv3d(c_in, c_out, kernel, padding=kernel // 2, bias=False)
         self.norm = InstanceNorm3d(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,13 +121,13 @@ class Stems(nn.Module):
         for d in range(layout.num_depths):
             down = [
                 nn.Upsample(scale_factor=1 / 2**d, mode="trilinear", align_corners=True),
-                nn.Conv3d(in_channels, ch[d], 3, padding=1, bias=False),
+                Conv3d(in_channels, ch[d], 3, padding=1, bias=False),
                 InstanceNorm3d(ch[d]),
             ]
             if ds:
                 down += [
                     nn.ReLU(),
-                    nn.Conv3d(ch[d], ch[d + 1], 3, stride=2, padding=1, bias=False),
+                    Conv3d(ch[d], ch[d + 1], 3, stride=2, padding=1, bias=False),
                     InstanceNorm3d(ch[d + 1]),
                 ]
                 up_in, up_out, scale = ch[d + 1], ch[d], 2
@@ -136,7 +137,7 @@ class Stems(nn.Module):
             self.stem_up.append(
                 nn.Sequential(
                     nn.ReLU(),
-                    nn.Conv3d(up_in, up_out, 3, padding=1, bias=False),
+                    Conv3d(up_in, up_out, 3, padding=1, bias=False),
                     InstanceNorm3d(up_out),
                     nn.Upsample(scale_factor=scale, mode="trilinear", align_corners=True),
                 )

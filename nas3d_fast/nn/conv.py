@@ -1,0 +1,175 @@
+"""``conv3d``: ``F.conv3d`` that keeps batch-1 CPU volumes on oneDNN.
+
+torch sends a CPU float32 convolution to oneDNN (mkldnn) only when the batch is larger than 1, or
+N * C * D * H > 20480, or the kernel is larger than 3 on both of its last two axes
+(``use_mkldnn`` in ATen's ConvUtils.h); otherwise it runs ``slow_conv3d`` (im2col and GEMM). A
+batch-1 supernet on a coarse scale, e.g. (1, 64, 16, 16, 16), falls through to it, and there it is
+2-3x slower than oneDNN in forward and backward (``python -m benchmarks.run supernet`` spends most of
+its time in such convolutions; MONAI's DiNTS runs the same ones). Where that happens, ``conv3d``
+calls oneDNN directly:
+
+- forward: ``aten.mkldnn_convolution``;
+- input gradient (stride 1): the oneDNN convolution of the output gradient with the kernel transposed
+  (in/out channels) and flipped;
+- weight gradient (X >= 16): ``aten.convolution_backward`` on the volume cut in two halves along X
+  (each with the kernel's halo) and stacked as a batch of 2, which torch itself sends to oneDNN.
+  The rest of the backward of strided convolutions is torch's own.
+
+Elsewhere (CUDA, meta and fake tensors (but see ``meta_as_cpu``), other dtypes, batches torch already routes to oneDNN, 1x1x1
+kernels, groups or dilation) it is ``F.conv3d``. Results equal ``F.conv3d`` to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_PLAIN = (torch.Tensor, nn.Parameter)  # not fake, functional or other subclass tensors
+_SLOW_CONV_LIMIT = 20480  # ATen's N * C * D * H bound below which batch-1 convolutions skip oneDNN
+
+
+_META_AS_CPU = contextvars.ContextVar("nas3d_meta_as_cpu", default=False)
+
+
+@contextlib.contextmanager
+def meta_as_cpu():
+    """Within it, meta tensors take the route CPU tensors of their shape would take: a CPU-target
+    memory prediction (``nas3d_fast.profile``) traces on meta tensors and must see the ops the CPU runs."""
+    token = _META_AS_CPU.set(True)
+    try:
+        yield
+    finally:
+        _META_AS_CPU.reset(token)
+
+
+def _triple(v) -> tuple[int, int, int]:
+    return (v, v, v) if isinstance(v, int) else tuple(int(n) for n in v)
+
+
+def takes_slow_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether torch would run this (groups 1, dilation 1) convolution in ``slow_conv3d`` on CPU while
+    oneDNN is usable: a batch-1 float32 volume with N * C * X * Y <= 20480 and a kernel larger than 1."""
+    return (
+        (x.device.type == "cpu" or (x.device.type == "meta" and _META_AS_CPU.get()))
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.dim() == 5
+        and type(x) in _PLAIN
+        and type(weight) in _PLAIN
+        and weight.device == x.device
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and x.shape[0] == 1
+        and x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3] <= _SLOW_CONV_LIMIT
+        and any(k > 1 for k in weight.shape[2:])
+        and x.shape[1] == weight.shape[1]
+    )
+
+
+def conv3d(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0) -> torch.Tensor:
+    """``F.conv3d(x, weight, None, stride, padding)`` (groups 1, dilation 1, no bias).
+
+    x (N, C_in, X, Y, Z), weight (C_out, C_in, kx, ky, kz); returns (N, C_out, X', Y', Z').
+    """
+    stride, padding = _triple(stride), _triple(padding)
+    if takes_slow_path(x, weight):
+        return _OneDnnConv3d.apply(x, weight, stride, padding)
+    return F.conv3d(x, weight, stride=stride, padding=padding)
+
+
+def conv3d_grads(
+    x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, stride, padding, need_x: bool, need_weight: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(input gradient, weight gradient) of ``conv3d(x, weight, stride, padding)`` for the output
+    gradient ``grad``, each None when not needed; oneDNN where ``takes_slow_path``."""
+    stride, padding = _triple(stride), _triple(padding)
+    fast = takes_slow_path(x, weight)
+    grad_x = grad_w = None
+    if need_x and fast and stride == (1, 1, 1) and all(p <= k - 1 for p, k in zip(padding, weight.shape[2:])):
+        flipped = weight.transpose(0, 1).flip(2, 3, 4)
+        back = [k - 1 - p for p, k in zip(padding, weight.shape[2:])]
+        grad_x = torch.ops.aten.mkldnn_convolution(grad.contiguous(), flipped, None, back, [1, 1, 1], [1, 1, 1], 1)
+        need_x = False
+    # On 8^3 and smaller volumes the halves gain nothing (measured equal at 8^3, 2x slower at 4^3).
+    if (
+        need_weight
+        and fast
+        and stride[0] == 1
+        and x.shape[2] >= 16
+        and x.shape[2] % 2 == 0
+        and grad.shape[2] == x.shape[2]
+    ):
+        grad_w = _weight_grad_as_batch_of_two(x, weight, grad, stride, padding)
+        need_weight = False
+    if need_x or need_weight:
+        gx, gw, _ = torch.ops.aten.convolution_backward(
+            grad,
+            x,
+            weight,
+            None,
+            list(stride),
+            list(padding),
+            [1, 1, 1],
+            False,
+            [0, 0, 0],
+            1,
+            [need_x, need_weight, False],
+        )
+        grad_x = gx if need_x else grad_x
+        grad_w = gw if need_weight else grad_w
+    return grad_x, grad_w
+
+
+def _weight_grad_as_batch_of_two(x, weight, grad, stride, padding) -> torch.Tensor:
+    """The weight gradient from the two X-halves of the volume as one batch of 2 (stride 1 along X,
+    "same" output size along X): torch sends a batch of 2 to oneDNN."""
+    half, pad_x, k = x.shape[2] // 2, padding[0], weight.shape[2]
+    padded = F.pad(x, (0, 0, 0, 0, pad_x, pad_x))
+    span = half + k - 1  # the input rows the output rows [start, start + half) read
+    halves_x = torch.cat([padded[:, :, :span], padded[:, :, half : half + span]])
+    halves_g = torch.cat([grad[:, :, :half], grad[:, :, half:]])
+    return torch.ops.aten.convolution_backward(
+        halves_g,
+        halves_x,
+        weight,
+        None,
+        list(stride),
+        [0, padding[1], padding[2]],
+        [1, 1, 1],
+        False,
+        [0, 0, 0],
+        1,
+        [False, True, False],
+    )[1]
+
+
+class _OneDnnConv3d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return torch.ops.aten.mkldnn_convolution(x.contiguous(), weight, None, padding, stride, [1, 1, 1], 1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x, grad_w = conv3d_grads(
+            x, weight, grad, ctx.stride, ctx.padding, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        )
+        return grad_x, grad_w, None, None
+
+
+class Conv3d(nn.Conv3d):
+    """``torch.nn.Conv3d`` (same parameters and state dict) whose forward is ``conv3d`` when it has no
+    bias, groups or dilation; otherwise torch's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plain = self.bias is None and self.groups == 1 and self.dilation == (1, 1, 1)
+        if plain and self.padding_mode == "zeros" and not isinstance(self.padding, str):
+            return conv3d(x, self.weight, self.stride, self.padding)
+        return super().forward(x)
