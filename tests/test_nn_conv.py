@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason
         ((1, 8, 16, 16, 16), (3, 3, 3), 1),  # weight gradient through the two halves
         ((1, 8, 16, 12, 10), (3, 3, 1), 1),
         ((1, 8, 16, 16, 16), (1, 1, 3), 1),
-        ((1, 16, 8, 8, 8), (3, 3, 3), 1),  # small volume: torch's weight gradient
+        ((1, 16, 8, 8, 8), (3, 3, 3), 1),  # 8^3: torch's weight gradient
         ((1, 8, 17, 9, 10), (3, 3, 3), 1),  # odd X: torch's weight gradient
         ((1, 8, 16, 16, 16), (3, 3, 3), 2),
         ((1, 8, 15, 16, 9), (3, 1, 3), (2, 1, 2)),
@@ -55,6 +55,7 @@ def test_leaves_torchs_choice_elsewhere():
     assert not takes_slow_path(torch.randn(1, 32, 32, 32, 8), torch.randn(4, 32, 3, 3, 3))  # N*C*X*Y > 20480
     assert not takes_slow_path(torch.randn(1, 4, 8, 8, 8, dtype=torch.float64), w.double())
     assert not takes_slow_path(torch.randn(1, 4, 8, 8, 8), torch.randn(4, 4, 1, 1, 1))  # 1x1x1: torch's own choice
+    assert not takes_slow_path(torch.randn(1, 4, 4, 4, 4), w)  # under 8^3 voxels: no gain
     assert not takes_slow_path(torch.empty(1, 4, 8, 8, 8, device="meta"), w.to("meta"))
     out = conv3d(torch.empty(1, 4, 8, 8, 8, device="meta"), w.to("meta"), 2, 1)
     assert out.shape == (1, 4, 4, 4, 4) and out.device.type == "meta"

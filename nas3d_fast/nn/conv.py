@@ -30,6 +30,7 @@ from torch import nn
 
 _PLAIN = (torch.Tensor, nn.Parameter)  # not fake, functional or other subclass tensors
 _SLOW_CONV_LIMIT = 20480  # ATen's N * C * D * H bound below which batch-1 convolutions skip oneDNN
+_MIN_VOXELS = 512  # below 8^3 oneDNN gains nothing (0.84x at (1, 256, 4^3): benchmarks/conv_route.py)
 
 
 _META_AS_CPU = contextvars.ContextVar("nas3d_meta_as_cpu", default=False)
@@ -52,7 +53,8 @@ def _triple(v) -> tuple[int, int, int]:
 
 def takes_slow_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether torch would run this (groups 1, dilation 1) convolution in ``slow_conv3d`` on CPU while
-    oneDNN is usable: a batch-1 float32 volume with N * C * X * Y <= 20480 and a kernel larger than 1."""
+    oneDNN is usable: a batch-1 float32 volume of at least 8^3 voxels with N * C * X * Y <= 20480 and a
+    kernel larger than 1 (on smaller volumes the route gains nothing)."""
     return (
         (x.device.type == "cpu" or (x.device.type == "meta" and _META_AS_CPU.get()))
         and x.dtype == torch.float32
@@ -66,6 +68,7 @@ def takes_slow_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.shape[0] == 1
         and x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3] <= _SLOW_CONV_LIMIT
         and any(k > 1 for k in weight.shape[2:])
+        and x.shape[2] * x.shape[3] * x.shape[4] >= _MIN_VOXELS
         and x.shape[1] == weight.shape[1]
     )
 
