@@ -75,6 +75,12 @@ def test_in_place_rules_return_their_first_argument(func, other):
     assert func(*args) is target
 
 
+def test_sum_into_out():
+    out = meta(2, 6, 1, 1, 1)
+    assert _check(aten.sum.IntList_out, x, [2, 3, 4], True, out=out) is out
+    assert fast_output(aten.sum.IntList_out, (x, [2, 3, 4], True), {"out": meta(2, 6)}) is None  # would resize
+
+
 def test_no_answer_where_the_rule_does_not_hold():
     half = meta(2, 6, 5, 4, 3, dtype=torch.float16)
     transposed = meta(2, 6, 5, 4, 3).transpose(2, 4)

@@ -9,7 +9,8 @@ whenever a case is not certain to match (the tracer then runs the meta kernel):
 - elementwise ops (out of place: a new contiguous tensor of the broadcast shape; in place: the first
   argument) when every tensor argument is contiguous and, apart from 0-dimensional CPU tensors
   (wrapped Python numbers), a floating meta tensor of the first one's dtype (no type promotion);
-- sum/mean over dimensions, var_mean, ``*_like`` factories, trilinear upsampling;
+- sum/mean over dimensions (sum also into an ``out`` of the right shape), var_mean, ``*_like``
+  factories, trilinear upsampling;
 - convolution and its backward (the meta kernels' shape formula and memory format);
 - softmax/log-softmax and their backward, nll_loss2d and its backward (what cross-entropy runs).
 
@@ -106,6 +107,16 @@ def _reduction(args, kwargs):
     reduced = {d % x.dim() for d in dims}
     shape = [1 if i in reduced else n for i, n in enumerate(x.shape) if keepdim or i not in reduced]
     return torch.empty(shape, dtype=x.dtype, device=META)
+
+
+def _reduction_out(args, kwargs):
+    """sum(..., out=out) when ``out`` already has the reduced shape and dtype (no resize): out itself."""
+    out = kwargs.get("out")
+    rest = {k: v for k, v in kwargs.items() if k != "out"}
+    if not isinstance(out, torch.Tensor) or out.device.type != "meta" or out.dtype != args[0].dtype:
+        return None
+    expected = _reduction(args, rest)
+    return out if expected is not None and expected.shape == out.shape else None
 
 
 def _var_mean(args, kwargs):
@@ -284,6 +295,7 @@ RULES: dict[object, Callable] = {
     aten.copy_.default: _copy,
     aten.sum.dim_IntList: _reduction,
     aten.mean.dim: _reduction,
+    aten.sum.IntList_out: _reduction_out,
     aten.var_mean.correction: _var_mean,
     **dict.fromkeys((aten.empty_like.default, aten.zeros_like.default, aten.ones_like.default), _like),
     aten.upsample_trilinear3d.default: _upsample_trilinear,
