@@ -136,6 +136,7 @@ def evaluate(quick: bool = False, progress: bool = True, count: int | None = Non
                 "measured_bytes": measured.peak_bytes,
                 "error_pct": err,
                 "predict_s": predicted.seconds,
+                "measure_s": measured.seconds,
             }
             if name == "dints":
                 try:
@@ -230,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     for row in doc["details"]["rows"]:
         print(
             f"{row['space']:<9} {row['index']:>3} predicted {row['predicted_bytes'] / 2**20:9.1f} MiB  measured "
-            f"{row['measured_bytes'] / 2**20:9.1f} MiB  error {row['error_pct']:+6.2f}%"
+            f"{row['measured_bytes'] / 2**20:9.1f} MiB  error {row['error_pct']:+6.2f}%  "
+            f"({row['predict_s']:.2f} s predicted, {row['measure_s']:.0f} s measured)"
             + (f"  MONAI {row['monai_error_pct']:+7.1f}%" if "monai_error_pct" in row else "")
         )
     for name, reason in doc["missing"].items():
