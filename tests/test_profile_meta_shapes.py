@@ -66,7 +66,12 @@ def test_out_of_place_rules_match_meta_kernels(func, args, kwargs):
 
 @pytest.mark.parametrize(
     "func,other",
-    [(aten.add_.Tensor, per_channel), (aten.mul_.Tensor, wrapped), (aten.addcmul_.default, None), (aten.copy_.default, per_channel)],
+    [
+        (aten.add_.Tensor, per_channel),
+        (aten.mul_.Tensor, wrapped),
+        (aten.addcmul_.default, None),
+        (aten.copy_.default, per_channel),
+    ],
 )
 def test_in_place_rules_return_their_first_argument(func, other):
     target = meta(2, 6, 5, 4, 3)
@@ -120,7 +125,7 @@ def test_loss_rules_match_meta_kernels():
     logits, target = meta(2, 3, 4, 20), meta(2, 4, 20, dtype=torch.int64)  # cross_entropy's 4-D view
     logp = _check(aten._log_softmax.default, logits, 1, False)
     _check(aten._softmax.default, logits, 1, False)
-    loss, total = _check(aten.nll_loss2d_forward.default, logp, target, None, 1, -100)
+    _loss, total = _check(aten.nll_loss2d_forward.default, logp, target, None, 1, -100)
     _check(aten.nll_loss2d_backward.default, meta(), logp, target, None, 1, -100, total)
     _check(aten._log_softmax_backward_data.default, logp, logp, 1, torch.float32)
     _check(aten._softmax_backward_data.default, logp, logp, 1, torch.float32)

@@ -238,7 +238,7 @@ def _nll_loss2d(args, kwargs):
 
 
 def _nll_loss2d_backward(args, kwargs):
-    grad, x, target, weight, reduction, _ignore, _total = args
+    grad, x, _target, weight, reduction, _ignore, _total = args
     if kwargs or weight is not None or reduction not in (1, 2) or not _plain_meta(x) or x.dim() != 4:
         return None
     if not (isinstance(grad, torch.Tensor) and grad.device.type == "meta" and grad.dtype == x.dtype):
