@@ -17,7 +17,7 @@ from ..nn.conv import meta_as_cpu
 from . import allocators
 from .loss import make_loss
 from .report import CATEGORIES, MemoryReport
-from .step import check_args, make_optimizer, training_step
+from .step import check_args, init_optimizer_state, make_optimizer, training_step
 from .trace import LifetimeTracker
 from .workspace import cpu_workspace
 
@@ -78,11 +78,12 @@ def trace_training(
         if steps > 1:
             # From the second step on, steps repeat exactly: the optimiser's state exists throughout,
             # the previous gradients are freed by zero_grad. One traced step with the state already
-            # there (made by an unrecorded step on stand-in gradients) is that steady state.
+            # there (made, unrecorded, on stand-in gradients) is that steady state.
             tracker.recording = False
             for p in trainable:
                 p.grad = torch.empty_like(p)
-            opt.step()
+            if not init_optimizer_state(opt):
+                opt.step()
             opt.zero_grad(set_to_none=True)
             tracker.recording = True
             for st in opt.state.values():

@@ -45,6 +45,22 @@ def make_optimizer(optimizer: str | Callable, params: list[torch.Tensor], foreac
     raise ValueError(f"optimizer must be one of {OPTIMIZERS} or a callable optimizer(params), got {optimizer!r}")
 
 
+def init_optimizer_state(opt) -> bool:
+    """Allocate torch.optim.Adam's or AdamW's state (step, exp_avg, exp_avg_sq[, max_exp_avg_sq] for
+    each parameter whose ``grad`` is set, in parameter order) by torch's own lazy initialisation,
+    ``_init_group``, which their first step runs before any arithmetic: the state a step would leave,
+    without the step's arithmetic. Returns False (nothing done) for other optimisers, or when this
+    private method does not fit the installed torch; the caller then runs a step instead."""
+    if type(opt) not in (torch.optim.Adam, torch.optim.AdamW):
+        return False
+    try:
+        for group in opt.param_groups:
+            opt._init_group(group, [], [], [], [], [], [])
+    except (TypeError, AttributeError):
+        return False
+    return True
+
+
 def autocast(amp: bool, device_type: str):
     """float16 autocast on CUDA, bfloat16 on CPU, or nothing."""
     if not amp:

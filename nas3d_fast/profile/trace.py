@@ -19,7 +19,10 @@ from collections.abc import Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-aten = torch.ops.aten
+from .meta_shapes import fast_output
+
+_ITEM = torch.ops.aten._local_scalar_dense.default
+_MKLDNN_CONV = torch.ops.aten.mkldnn_convolution.default
 
 
 class LifetimeTracker(TorchDispatchMode):
@@ -101,12 +104,18 @@ class LifetimeTracker(TorchDispatchMode):
 
     # -- the dispatch mode -------------------------------------------------------------------------
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a mode's __torch_dispatch__ in torch._disable_dynamo unless this says False: a
+        # wrapper per op for a mode that never runs under torch.compile
+        return False
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is aten._local_scalar_dense.default and _is_fake(args[0]):  # .item() has no value to give
+        if func is _ITEM and _is_fake(args[0]):  # .item() has no value to give
             return _placeholder(args[0].dtype)
-        out = _elementwise(func, args, kwargs)
-        if out is None and func is aten.mkldnn_convolution.default and args[0].device.type == "meta":
+        out = fast_output(func, args, kwargs)
+        if out is None and func is _MKLDNN_CONV and args[0].device.type == "meta":
             out = _meta_mkldnn_convolution(*args)
         if out is None:
             out = func(*args, **kwargs)
@@ -163,120 +172,6 @@ class LifetimeTracker(TorchDispatchMode):
         self._live.clear()
 
 
-# Ops whose meta kernels are Python decompositions (~0.5 ms a call, most of a trace's time) are
-# answered here when every tensor argument is a floating meta tensor of the first one's dtype (so no
-# type promotion): elementwise ops give the broadcast shape (in-place ones return their first
-# argument), reductions the reduced shape, both contiguous as TensorIterator makes them.
-_OUT_OF_PLACE = {
-    getattr(getattr(aten, name), overload)
-    for name, overloads in {
-        "add": ("Tensor", "Scalar"),
-        "sub": ("Tensor", "Scalar"),
-        "mul": ("Tensor", "Scalar"),
-        "div": ("Tensor", "Scalar"),
-        "addcmul": ("default",),
-        "addcdiv": ("default",),
-        "neg": ("default",),
-        "sqrt": ("default",),
-        "rsqrt": ("default",),
-        "exp": ("default",),
-        "sigmoid": ("default",),
-        "tanh": ("default",),
-        "relu": ("default",),
-        "leaky_relu": ("default",),
-        "threshold_backward": ("default",),
-        "leaky_relu_backward": ("default",),
-        "lerp": ("Scalar",),
-    }.items()
-    for overload in overloads
-}
-_IN_PLACE = {
-    getattr(getattr(aten, name), overload)
-    for name, overloads in {
-        "add_": ("Tensor", "Scalar"),
-        "sub_": ("Tensor", "Scalar"),
-        "mul_": ("Tensor", "Scalar"),
-        "div_": ("Tensor", "Scalar"),
-        "addcmul_": ("default",),
-        "addcdiv_": ("default",),
-        "lerp_": ("Scalar",),
-        "sqrt_": ("default",),
-        "neg_": ("default",),
-        "relu_": ("default",),
-        "copy_": ("default",),
-    }.items()
-    for overload in overloads
-}
-_REDUCTIONS = {aten.sum.dim_IntList, aten.mean.dim}
-_LIKE = {aten.empty_like.default, aten.zeros_like.default, aten.ones_like.default}
-
-
-def _elementwise(func, args, kwargs):
-    if func in _REDUCTIONS:
-        return _reduction(args, kwargs)
-    if func is aten.var_mean.correction:
-        if kwargs.keys() - {"correction", "keepdim"} or len(args) != 2:
-            return None
-        out = _reduction(args[:2], {"keepdim": kwargs.get("keepdim", False)})
-        return None if out is None else (out, torch.empty_like(out))
-    if func in _LIKE:
-        return _like(args, kwargs)
-    if func is aten.upsample_trilinear3d.default:
-        x, size = args[0], args[1]
-        if x.device.type != "meta" or size is None or x.dim() != 5:
-            return None
-        return torch.empty((*x.shape[:2], *size), dtype=x.dtype, device="meta")
-    inplace = func in _IN_PLACE
-    if not (inplace or func in _OUT_OF_PLACE) or kwargs.keys() - {"alpha", "value", "negative_slope", "non_blocking"}:
-        return None
-    first = args[0]
-    if not isinstance(first, torch.Tensor) or first.device.type != "meta" or not first.dtype.is_floating_point:
-        return None
-    shape = first.shape
-    for a in args[1:]:
-        if isinstance(a, torch.Tensor):
-            if a.device.type != "meta" or a.dtype != first.dtype:
-                return None
-            if a.shape != shape:
-                if inplace and func is not aten.copy_.default:
-                    return None
-                try:
-                    shape = torch.broadcast_shapes(shape, a.shape)
-                except RuntimeError:
-                    return None
-        elif not isinstance(a, (int, float, bool)) and a is not None:
-            return None
-    if inplace:
-        return first if func is aten.copy_.default or shape == first.shape else None
-    return torch.empty(shape, dtype=first.dtype, device="meta")
-
-
-def _like(args, kwargs):
-    x = args[0]
-    if len(args) != 1 or not isinstance(x, torch.Tensor) or x.device.type != "meta":
-        return None
-    if kwargs.get("dtype") not in (None, x.dtype) or kwargs.get("device") not in (None, x.device):
-        return None
-    if kwargs.get("layout") not in (None, torch.strided):
-        return None
-    return torch.empty(x.shape, dtype=x.dtype, device="meta")
-
-
-def _reduction(args, kwargs):
-    x = args[0]
-    if not isinstance(x, torch.Tensor) or x.device.type != "meta" or not x.dtype.is_floating_point:
-        return None
-    if kwargs.get("dtype") is not None or kwargs.keys() - {"keepdim", "dtype"} or len(args) > 3:
-        return None
-    dims = args[1] if len(args) > 1 else None
-    keepdim = bool(args[2]) if len(args) > 2 else bool(kwargs.get("keepdim", False))
-    if not dims:
-        return None
-    reduced = {d % x.dim() for d in dims}
-    shape = [1 if i in reduced else n for i, n in enumerate(x.shape) if keepdim or i not in reduced]
-    return torch.empty(shape, dtype=x.dtype, device="meta")
-
-
 def _is_fake(t) -> bool:
     return isinstance(t, torch.Tensor) and t.device.type == "meta"
 
@@ -292,4 +187,4 @@ def _placeholder(dtype: torch.dtype):
 def _meta_mkldnn_convolution(x, weight, bias, padding, stride, dilation, groups):
     """aten.mkldnn_convolution (``nas3d_fast.nn.conv``'s CPU route) has no meta kernel: its output is
     that of the convolution it computes."""
-    return aten.convolution.default(x, weight, bias, stride, padding, dilation, False, [0] * len(stride), groups)
+    return torch.ops.aten.convolution.default(x, weight, bias, stride, padding, dilation, False, [0] * len(stride), groups)
