@@ -1,7 +1,6 @@
 // CPU kernels of nas3d::gumbel_topk. The Gumbel transform g = -log(-log(u)) runs through ATen's
 // vectorised log (dispatched at run time to the CPU's widest vector unit); the rest of each row
-// (perturb, top-k, renormalise, validate) is one fused pass, rows in parallel. Small sampled inputs
-// (no noise given) do everything, noise and transform included, in one pass (fused_sample_cpu).
+// (perturb, top-k, renormalise, validate) is one fused pass, rows in parallel.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -96,53 +95,6 @@ constexpr int uniform_bits() {
   return std::numeric_limits<scalar_t>::digits - 1;
 }
 
-// Draw, transform and sample in one pass over each row: u from the counter-based stream (the same
-// values, at the same flat indices, as the unfused path), g through gumbel_from_uniform (the helper
-// the CUDA kernel uses), then forward_row. Logits are validated in the same pass.
-std::tuple<at::Tensor, at::Tensor> fused_sample_cpu(const at::Tensor& logits, at::Tensor& noise, uint64_t seed,
-                                                    double tau, int64_t k, bool hard) {
-  check_forward_args(logits, noise, tau, k, hard);
-  const int64_t E = logits.size(0);
-  const int64_t K = logits.size(1);
-  at::Tensor weights = at::empty({E, K}, logits.options());
-  at::Tensor indices = at::empty({E, k}, logits.options().dtype(at::kLong));
-  if (E == 0) return {weights, indices};
-  std::atomic<bool> bad_logit{false}, masked_row{false};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gumbel_topk_sample_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    const scalar_t* l = logits.const_data_ptr<scalar_t>();
-    scalar_t* u = noise.mutable_data_ptr<scalar_t>();
-    scalar_t* w = weights.mutable_data_ptr<scalar_t>();
-    int64_t* idx = indices.mutable_data_ptr<int64_t>();
-    const int64_t ls0 = logits.stride(0), ls1 = logits.stride(1);
-    const acc inv_tau = static_cast<acc>(1.0 / tau);
-    at::parallel_for(0, E, grain_size(K), [&](int64_t begin, int64_t end) {
-      std::vector<acc> z(K);
-      bool logits_ok = true, rows_ok = true;
-      for (int64_t r = begin; r < end; ++r) {
-        const scalar_t* lr = l + r * ls0;
-        scalar_t* ur = u + r * K;
-        bool finite_entry = false;
-        for (int64_t j = 0; j < K; ++j) {
-          // Rounded to the storage type first: the backward recomputes z from the stored noise.
-          ur[j] = static_cast<scalar_t>(open_uniform<acc>(splitmix64_draw(seed, r * K + j), uniform_bits<scalar_t>()));
-          const acc lv = static_cast<acc>(lr[j * ls1]);
-          logits_ok &= lv < std::numeric_limits<acc>::infinity();  // false for NaN too
-          finite_entry |= lv > -std::numeric_limits<acc>::infinity();
-          z[j] = (lv + gumbel_from_uniform<acc>(static_cast<acc>(ur[j]))) * inv_tau;
-        }
-        rows_ok &= finite_entry;
-        forward_row<acc>([&](int64_t j) { return z[j]; }, K, k, w + r * K, idx + r * k);
-      }
-      if (!logits_ok) bad_logit.store(true, std::memory_order_relaxed);
-      if (!rows_ok) masked_row.store(true, std::memory_order_relaxed);
-    });
-  });
-  TORCH_CHECK_VALUE(!bad_logit, "logits must not contain NaN or +inf");
-  TORCH_CHECK_VALUE(!masked_row, "logits must have at least one finite entry in every row");
-  return {weights, indices};
-}
-
 // One 64-bit seed is taken from the generator (under its lock); the noise itself comes from the
 // counter-based generator of counter_rng.h, in parallel: a seeded generator gives the same noise
 // whatever the thread count.
@@ -157,13 +109,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_sample_cpu(const at::
   {
     std::lock_guard<std::mutex> lock(gen->mutex_);
     seed = gen->random64();
-  }
-  // Inputs of one task's rows (grain_size) run on one thread, where the three extra ATen calls and the
-  // extra buffer of the vectorised Gumbel transform (neg_gumbel_noise) cost more than its vectorised
-  // logs save: there the fused pass runs. Larger inputs keep the vectorised transform.
-  if (logits.size(0) <= grain_size(logits.size(1))) {
-    auto [weights, indices] = fused_sample_cpu(logits, noise, seed, tau, k, hard);
-    return {weights, indices, noise};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gumbel_topk_sample_cpu", [&] {
     using acc = acc_t<scalar_t>;
