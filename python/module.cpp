@@ -4,6 +4,7 @@
 
 #include "../csrc/common/build_info.h"
 #include "../csrc/dints/decode.h"
+#include "../csrc/gumbel/gumbel_python.h"
 
 #include <pybind11/stl.h>
 
@@ -15,4 +16,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("dints_decode", &nas3d::dints_decode, "DiNTS topology decode (csrc/dints/decode.h): one edge mask per layer.",
         pybind11::arg("log_alpha"), pybind11::arg("layers"), pybind11::arg("edge_in"), pybind11::arg("edge_out"),
         pybind11::arg("num_scales"));
+  m.def("gumbel_topk_sample_pair", &nas3d::gumbel::gumbel_topk_sample_pair,
+        "nas3d::gumbel_topk_sample through the dispatcher with the default generator -> (weights, indices); "
+        "the eager fast path of nas3d_fast.ops.gumbel_topk (csrc/gumbel/gumbel_python.h).",
+        pybind11::arg("logits"), pybind11::arg("tau"), pybind11::arg("k"), pybind11::arg("hard"),
+        pybind11::call_guard<pybind11::gil_scoped_release>());
 }

@@ -243,3 +243,32 @@ def test_compile_fullgraph_without_noise():
     assert w.shape == (30, 7) and idx.shape == (30, 2)
     torch.testing.assert_close(w.sum(1), torch.ones(30))
     assert logits.grad is not None
+
+
+def test_eager_fast_path_equals_the_op():
+    """Without noise or generator, gumbel_topk calls the op through a direct binding (_SAMPLE_PAIR); it
+    gives what torch.ops gives from the same default-generator state, gradients included."""
+    _needs_compiled_cpu()
+    assert nas3d_fast.ops.gumbel._SAMPLE_PAIR is not None
+    logits = torch.randn(40, 8, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(5)
+    w, idx = gumbel_topk(logits, TAU, k=2)
+    torch.manual_seed(5)
+    w2, idx2, _ = torch.ops.nas3d.gumbel_topk_sample(logits, TAU, 2, False, None)
+    assert torch.equal(idx, idx2) and torch.equal(w, w2)
+    cot = torch.randn_like(w)
+    (g,) = torch.autograd.grad(w, logits, cot)
+    (g2,) = torch.autograd.grad(w2, logits, cot)
+    assert torch.equal(g, g2)
+
+
+def test_eager_fast_path_refuses_bad_values():
+    _needs_compiled_cpu()
+    nan = torch.randn(20, 8)
+    nan[4, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or \\+inf"):
+        gumbel_topk(nan, TAU)
+    masked = torch.randn(20, 8)
+    masked[7] = float("-inf")
+    with pytest.raises(ValueError, match="one finite entry in every row"):
+        gumbel_topk(masked, TAU)

@@ -4,6 +4,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "gumbel_python.h"
+
 namespace nas3d {
 namespace gumbel {
 namespace {
@@ -107,6 +109,12 @@ at::Tensor gumbel_topk_backward_autograd(const at::Tensor& grad, const at::Tenso
               "nas3d::gumbel_topk_backward is not differentiable (double backward of gumbel_topk is not supported)");
   at::AutoDispatchBelowADInplaceOrView guard;
   return call_backward(grad, logits, noise, weights, tau, hard);
+}
+
+std::tuple<at::Tensor, at::Tensor> gumbel_topk_sample_pair(const at::Tensor& logits, double tau, int64_t k,
+                                                           bool hard) {
+  auto [weights, indices, noise] = call_sample(logits, tau, k, hard, std::nullopt);
+  return {weights, indices};
 }
 
 TORCH_LIBRARY_IMPL(nas3d, Autograd, m) {

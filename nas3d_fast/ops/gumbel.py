@@ -72,9 +72,23 @@ def gumbel_topk(
     if noise is not None:
         return _IMPLS[backend](logits, noise, float(tau), int(k), bool(hard))
     if backend in ("cpu", "cuda"):  # the kernel draws the noise itself: one op, no extra pass
+        if generator is None and _SAMPLE_PAIR is not None and _eager_plain(logits):
+            return _SAMPLE_PAIR(logits, float(tau), int(k), bool(hard))
         weights, indices, _ = _SAMPLE(logits, float(tau), int(k), bool(hard), generator)
         return weights, indices
     return _IMPLS[backend](logits, uniform_noise(logits, generator), float(tau), int(k), bool(hard))
+
+
+def _eager_plain(logits: torch.Tensor) -> bool:
+    """True when ``_SAMPLE_PAIR`` (a direct binding of the same op, which reaches the same dispatcher,
+    autograd included) may stand in for torch.ops: a plain tensor, no __torch_function__ mode, not
+    being traced by torch.compile (which sees only torch.ops calls), not a meta tensor."""
+    return (
+        type(logits) is torch.Tensor
+        and not logits.is_meta
+        and not torch._C._is_torch_function_mode_enabled()
+        and not torch.compiler.is_compiling()
+    )
 
 
 def _check_values(logits: torch.Tensor, noise: torch.Tensor | None) -> None:
@@ -125,6 +139,9 @@ if _extension.available():  # autograd of the compiled op is registered in C++ (
     # The overloads themselves: calling them skips the packet's overload resolution on every step.
     _FORWARD = torch.ops.nas3d.gumbel_topk.default
     _SAMPLE = torch.ops.nas3d.gumbel_topk_sample.default
+    # (weights, indices) of _SAMPLE with the default generator, minus torch.ops' boxing of Python
+    # arguments and the Python wrapper of the noise output: at E ~ 200 those dominate the op's cost.
+    _SAMPLE_PAIR = getattr(_extension._C, "gumbel_topk_sample_pair", None)  # None: a _C built before it
     torch.library.register_fake("nas3d::gumbel_topk")(_fake_forward)
     torch.library.register_fake("nas3d::gumbel_topk_sample")(_fake_sample)
     torch.library.register_fake("nas3d::gumbel_topk_backward")(_fake_backward)
