@@ -1,7 +1,7 @@
-// CPU kernels of the sliding-window ops. Both work row by row (one contiguous run of rw voxels along the
+// CPU kernels of the sliding-window ops. All three work row by row (one contiguous run of rw voxels along the
 // last axis), rows in parallel (at::parallel_for, one parallel region per call). Stitching adds the windows
 // covering an output row in window order, so every voxel's sum is formed in that order: deterministic,
-// whatever the thread count, no atomics.
+// whatever the thread count, no atomics. The argmax reads a slab row by row, classes in order.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>

@@ -1,6 +1,7 @@
 // CUDA kernels of the sliding-window ops: one thread per voxel (64-bit indices), the shared math of
 // window.h. Stitching launches one kernel per window, in order, on the current stream: each voxel's sum is
-// formed in window order with no atomics (deterministic). Valid for sm_70 and newer.
+// formed in window order with no atomics (deterministic). The argmax visits the classes of one voxel per
+// thread. Valid for sm_70 and newer.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
