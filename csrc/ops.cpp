@@ -42,6 +42,10 @@ TORCH_LIBRARY(nas3d, m) {
   // window_stitch: out[b, :, z:z+rd, y:y+rh, x:x+rw] += weight * pred[n] for n = 0..N-1 in order
   // (deterministic); out (B, C, D, H, W) contiguous, pred (N, C, rd, rh, rw), weight (rd, rh, rw).
   m.def("window_stitch(Tensor(a!) out, Tensor pred, Tensor weight, Tensor starts) -> ()");
+  // window_argmax: labels[z, y, x] = argmax over c of acc[c, z, y, x] / weight_sum[z, y, x] (of acc alone
+  // when weight_sum is None), first maximum on ties, NaN the largest; acc (C, D, H, W) a slab of the stitched
+  // accumulator, labels (D, H, W) uint8/int16/int32/int64, any strides, written in place in one pass.
+  m.def("window_argmax(Tensor acc, Tensor? weight_sum, Tensor(a!) labels) -> ()");
 
   // Axial attention (csrc/axial/axial.h): q, k, v (B, C, X, Y, Z) strided views, attention along `axis`
   // per line and head; returns out (B, C, X, Y, Z) contiguous and the log-sum-exp (B, heads, S1, S2, L) in

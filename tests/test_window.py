@@ -1,4 +1,4 @@
-"""window_gather / window_stitch: every backend against the reference (through the op harness), and
+"""window_gather / window_stitch / window_argmax: every backend against the reference (through the op harness), and
 stitching that is bit-identical from run to run."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 from harness import OpSpec, OpTests, backend_params, forced_backend
 
-from nas3d_fast.ops import window_gather, window_stitch
+from nas3d_fast.ops import window_argmax, window_gather, window_stitch
 
 ROI = [4, 5, 6]
 
@@ -172,3 +172,113 @@ class TestWindowStitch(OpTests):
             first = window_stitch(out.clone(), pred, weight, starts)
             for _ in range(3):
                 assert torch.equal(window_stitch(out.clone(), pred, weight, starts), first)
+
+
+# window_argmax: a (C, D, H, W) slab of the accumulator and its weight sum -> (D, H, W) labels.
+ARGMAX_SHAPE = (5, 6, 7, 9)
+
+
+def argmax_inputs(dtype, device, contiguous=True, seed=0, normalise=True):
+    gen = torch.Generator().manual_seed(seed)
+    C, D, H, W = ARGMAX_SHAPE
+    acc = torch.randn(C, D, H, W, generator=gen, dtype=torch.float64)
+    weight_sum = torch.rand(D, H, W, generator=gen, dtype=torch.float64) * 3 + 0.25
+    acc, weight_sum = acc.to(device=device, dtype=dtype), weight_sum.to(device=device, dtype=dtype)
+    if not contiguous:  # a cropped view of a wider accumulator, a weight sum broadcast along y
+        wide = torch.zeros(1, C, D + 2, H, 2 * W, dtype=dtype, device=device)
+        wide[0, :, 1 : D + 1, :, ::2] = acc
+        acc = wide[0, :, 1 : D + 1, :, ::2]
+        weight_sum = weight_sum[:, :1].expand(D, H, W)
+    return {"acc": acc, "weight_sum": weight_sum if normalise else None, "labels_dtype": torch.uint8,
+            "out_stride": 1 if contiguous else 3}
+
+
+def call_argmax(inputs):
+    """window_argmax into a fresh out (every third voxel of a wider buffer when out_stride is 3)."""
+    acc = inputs["acc"]
+    D, H, W = acc.shape[-3:]
+    step = inputs["out_stride"]
+    buffer = torch.full((D, H, W * step), 77, dtype=inputs["labels_dtype"], device=acc.device)
+    return window_argmax(acc, inputs["weight_sum"], out=buffer[..., ::step])
+
+
+def argmax_opchecks():
+    def compiled(device):
+        i = argmax_inputs(torch.float32, device)
+        labels = torch.zeros(ARGMAX_SHAPE[1:], dtype=torch.uint8, device=device)
+        op = torch.ops.nas3d.window_argmax.default
+        return [(op, (i["acc"], i["weight_sum"], labels)), (op, (i["acc"], None, labels.clone()))]
+
+    def triton(device):
+        import nas3d_fast.kernels.triton.window  # noqa: F401
+
+        i = argmax_inputs(torch.float32, device)
+        labels = torch.zeros(ARGMAX_SHAPE[1:], dtype=torch.uint8, device=device)
+        return [(torch.ops.nas3d.window_argmax_triton.default, (i["acc"], i["weight_sum"], labels))]
+
+    return {"cpu": compiled, "cuda": compiled, "triton": triton}
+
+
+def argmax_bad_inputs(device):
+    good = argmax_inputs(torch.float32, device)
+    a, w = good["acc"], good["weight_sum"]
+
+    def call(**kw):
+        return {**good, **kw}
+
+    return [
+        ("acc rank", call(acc=a[0]), ValueError, "acc must have 4 dimensions"),
+        ("acc dtype", call(acc=a.long()), ValueError, "acc must have dtype"),
+        ("no classes", call(acc=a[:0]), ValueError, "at least one class"),
+        ("weight shape", call(weight_sum=w[:, :, :2]), ValueError, "weight_sum must have the spatial shape"),
+        ("weight dtype", call(weight_sum=w.double()), ValueError, "weight_sum must have the dtype of acc"),
+        ("labels dtype", call(labels_dtype=torch.float32), ValueError, "out must have dtype"),
+        ("too many classes", call(acc=a[:1].expand(300, *a.shape[1:])), ValueError, "cannot hold 300 classes"),
+    ]
+
+
+class TestWindowArgmax(OpTests):
+    spec = OpSpec(
+        name="window_argmax",
+        call=call_argmax,
+        make_inputs=argmax_inputs,
+        grad_inputs=(),
+        float_outputs=(),
+        exact_outputs=(0,),
+        low_precision=(),  # labels at low precision: test_low_precision_equals_reference below
+        gradcheck_backends=(),
+        opchecks=argmax_opchecks(),
+        bad_inputs=argmax_bad_inputs,
+    )
+
+    @pytest.mark.parametrize("backend,device", backend_params())
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+    @pytest.mark.parametrize("normalise", [True, False], ids=["weight_sum", "raw"])
+    def test_low_precision_equals_reference(self, backend, device, dtype, normalise):
+        """The quotient is rounded to acc's dtype before the compare, as torch's division is."""
+        inputs = argmax_inputs(dtype, device, seed=1, normalise=normalise)
+        inputs["acc"] = (inputs["acc"] * 64).round() / 64  # coarse values: many quotients round to ties
+        with forced_backend("reference"):
+            want = call_argmax(inputs)
+        with forced_backend(backend):
+            got = call_argmax(inputs)
+        assert torch.equal(got.cpu(), want.cpu())
+
+    @pytest.mark.parametrize("backend,device", backend_params())
+    @pytest.mark.parametrize("labels_dtype", [torch.uint8, torch.int16, torch.int32, torch.int64], ids=str)
+    def test_ties_and_nan_follow_torch_argmax(self, backend, device, labels_dtype):
+        """First maximum on ties, NaN beats every number (the first NaN wins), in every labels dtype."""
+        acc = torch.tensor(
+            [[1.0, 2.0, 0.0, float("nan"), -1.0], [3.0, 2.0, float("nan"), 5.0, -1.0], [3.0, 1.0, float("nan"), 0.0, -1.0]]
+        ).reshape(3, 1, 1, 5)
+        acc = acc.to(device)
+        with forced_backend(backend):
+            got = window_argmax(acc, out=torch.empty(1, 1, 5, dtype=labels_dtype, device=device))
+        assert got.flatten().tolist() == [1, 0, 1, 0, 0]
+        assert torch.equal(got.flatten().cpu(), acc.argmax(dim=0).flatten().cpu().to(labels_dtype))
+
+    def test_default_out_dtype_follows_the_class_count(self):
+        acc = torch.randn(300, 2, 2, 2)
+        labels = window_argmax(acc)
+        assert labels.dtype == torch.int16 and torch.equal(labels.long(), acc.argmax(dim=0))
+        assert window_argmax(acc[:256]).dtype == torch.uint8

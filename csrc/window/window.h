@@ -6,6 +6,7 @@
 //   windows / pred (N, C, rd, rh, rw)   one row per window
 //   starts         (N, 4) int64         (b, z, y, x): batch index and the window's first voxel in volume/out
 //   weight         (rd, rh, rw)         the importance map of one window
+//   labels         (D, H, W)            argmax over the C classes of a (C, D, H, W) slab of out
 #pragma once
 
 #include "../common/macros.h"
@@ -34,6 +35,23 @@ NAS3D_HOST_DEVICE double mul_rn(double a, double b) {
 template <typename acc>
 NAS3D_HOST_DEVICE acc stitch_value(acc out, acc weight, acc pred) {
   return out + mul_rn(weight, pred);
+}
+
+// One voxel's class score as the labels see it: the stitched sum divided by the weight sum, rounded to
+// the accumulator's dtype (MONAI's `output / count_map`, then argmax), or the sum itself when there is
+// no weight sum (the argmax is the same up to ties that the division's rounding may create).
+template <typename scalar_t>
+NAS3D_HOST_DEVICE acc_t<scalar_t> label_score(acc_t<scalar_t> sum, acc_t<scalar_t> weight_sum, bool normalise) {
+  using acc = acc_t<scalar_t>;
+  return normalise ? static_cast<acc>(static_cast<scalar_t>(sum / weight_sum)) : sum;
+}
+
+// torch.argmax's order over the classes c = 0, 1, ...: a score replaces the best so far when it is
+// larger, or when it is NaN and the best is not (NaN beats every number); the first of equal maxima, and
+// the first NaN, keep their place.
+template <typename acc>
+NAS3D_HOST_DEVICE bool beats(acc score, acc best) {
+  return score > best || (score != score && best == best);
 }
 
 // Coordinates (c, z, y, x) of element i of a contiguous (C, rd, rh, rw) window.

@@ -4,6 +4,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
+
 #include "../common/checks.h"
 
 namespace nas3d {
@@ -50,6 +52,43 @@ inline void check_stitch_args(const at::Tensor& out, const at::Tensor& pred, con
   for (int d = 0; d < 3; ++d) {
     TORCH_CHECK(pred.size(2 + d) <= out.size(2 + d), "pred windows ", pred.sizes().slice(2),
                 " must fit in out ", out.sizes().slice(2));
+  }
+}
+
+inline bool is_label_dtype(at::ScalarType t) {
+  return t == at::kByte || t == at::kShort || t == at::kInt || t == at::kLong;
+}
+
+// The largest class index a labels dtype holds.
+inline int64_t max_label(at::ScalarType t) {
+  switch (t) {
+    case at::kByte: return 255;
+    case at::kShort: return 32767;
+    case at::kInt: return 2147483647LL;
+    default: return INT64_MAX;
+  }
+}
+
+inline void check_argmax_args(const at::Tensor& acc, const c10::optional<at::Tensor>& weight_sum,
+                              const at::Tensor& labels) {
+  NAS3D_CHECK_DIM(acc, "acc", 4);
+  NAS3D_CHECK_FLOATING(acc, "acc");
+  NAS3D_CHECK_DIM(labels, "labels", 3);
+  TORCH_CHECK(is_label_dtype(labels.scalar_type()), "labels must have dtype uint8, int16, int32 or int64, got ",
+              labels.scalar_type());
+  NAS3D_CHECK_SAME_DEVICE(acc, labels, "acc", "labels");
+  TORCH_CHECK(labels.sizes() == acc.sizes().slice(1), "labels must have the spatial shape of acc ",
+              acc.sizes().slice(1), ", got ", labels.sizes());
+  TORCH_CHECK(acc.size(0) >= 1, "acc must have at least one class, got shape ", acc.sizes());
+  TORCH_CHECK(acc.size(0) - 1 <= max_label(labels.scalar_type()), "labels of dtype ", labels.scalar_type(),
+              " cannot hold ", acc.size(0), " classes");
+  if (weight_sum.has_value()) {
+    const at::Tensor& w = *weight_sum;
+    NAS3D_CHECK_DIM(w, "weight_sum", 3);
+    NAS3D_CHECK_SAME_DTYPE(acc, w, "acc", "weight_sum");
+    NAS3D_CHECK_SAME_DEVICE(acc, w, "acc", "weight_sum");
+    TORCH_CHECK(w.sizes() == acc.sizes().slice(1), "weight_sum must have the spatial shape of acc ",
+                acc.sizes().slice(1), ", got ", w.sizes());
   }
 }
 

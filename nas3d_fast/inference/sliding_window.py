@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..ops import window_gather, window_stitch
+from ..ops import window_argmax, window_gather, window_stitch
 from .grid import PAD_MODES, BLEND_MODES, WindowGrid, cached_normaliser, cached_weight, make_grid
 
 OUTPUTS = ("raw", "probs", "labels")
@@ -319,6 +319,9 @@ def _finalise(acc, count, result, b, output, a, crop, span, out_at) -> None:
     src[a] = slice(*span)
     dst = [slice(0, e - s) for s, e in crop]
     dst[a] = slice(out_at, out_at + span[1] - span[0])
+    if output == "labels":  # one fused pass over the whole slab, no temporaries
+        window_argmax(acc[(0, slice(None), *src)], None, out=result[(b, 0, *dst)])
+        return
     cut = 0 if a != 0 else 1  # chunk along the first axis that is not streamed
     s0, s1 = crop[cut]
     plane = acc.shape[1] * 8
@@ -332,22 +335,8 @@ def _finalise(acc, count, result, b, output, a, crop, span, out_at) -> None:
         dst[cut] = slice(i - s0, j - s0)
         block = acc[(0, slice(None), *src)]
         target = result[(b, slice(None), *dst)]
-        if output == "labels":
-            _argmax_into(block, target[0])
-        else:
-            block = block / count[(0, slice(None), *src)]
-            target.copy_(torch.softmax(block, dim=0) if output == "probs" else block)
-
-
-def _argmax_into(block: torch.Tensor, dst: torch.Tensor) -> None:
-    """dst = block.argmax(dim=0) (the first maximum on ties), one elementwise pass per class: torch's
-    argmax over a short strided leading axis is far slower than C compares of whole planes."""
-    best = block[0].clone()
-    dst.zero_()
-    for c in range(1, block.shape[0]):
-        better = block[c] > best
-        dst.masked_fill_(better, c)
-        torch.maximum(best, block[c], out=best)
+        block = block / count[(0, slice(None), *src)]
+        target.copy_(torch.softmax(block, dim=0) if output == "probs" else block)
 
 
 def _shift(buf: torch.Tensor, dim: int, by: int) -> None:

@@ -4,7 +4,7 @@ or triton backend (see nas3d_fast.dispatch)."""
 from .axial import axial_attention
 from .gumbel import gumbel_topk
 from .mixed import avg_pool3, depthwise_conv3, kernel_merge, max_pool3, weighted_sum
-from .window import window_gather, window_stitch
+from .window import window_argmax, window_gather, window_stitch
 
 __all__ = [
     "avg_pool3",
@@ -14,6 +14,7 @@ __all__ = [
     "kernel_merge",
     "max_pool3",
     "weighted_sum",
+    "window_argmax",
     "window_gather",
     "window_stitch",
 ]

@@ -1,4 +1,4 @@
-"""Sliding-window gather and stitch: the two kernels of whole-volume inference (nas3d_fast.inference).
+"""Sliding-window gather, stitch and argmax: the kernels of whole-volume inference (nas3d_fast.inference).
 
 Both ops work on 5D tensors (B, C, D, H, W); 1D/2D volumes are viewed as 5D with unit leading spatial
 axes by the caller. Windows are named by an (N, 4) int64 tensor of rows (b, z, y, x): the batch index
@@ -121,6 +121,67 @@ def window_stitch(out: torch.Tensor, pred: torch.Tensor, weight: torch.Tensor, s
     return out
 
 
+LABEL_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
+_LABEL_MAX = {torch.uint8: 255, torch.int16: 32767, torch.int32: 2**31 - 1, torch.int64: 2**63 - 1}
+
+
+def labels_dtype(classes: int) -> torch.dtype:
+    """The smallest labels dtype of window_argmax for ``classes`` classes: uint8 up to 256, int16 up to
+    32768, else int64."""
+    if classes <= 256:
+        return torch.uint8
+    if classes <= 32768:
+        return torch.int16
+    return torch.int64
+
+
+def window_argmax(acc: torch.Tensor, weight_sum: torch.Tensor | None = None, *, out: torch.Tensor | None = None):
+    """Labels of a slab of the stitched accumulator in one pass: the argmax over classes of the normalised
+    scores, with no per-class temporaries.
+
+    out[z, y, x] = argmax over c of acc[c, z, y, x] / weight_sum[z, y, x], the quotient rounded to acc's
+    dtype (MONAI's ``(output / count_map).argmax(1)``); without ``weight_sum``, the argmax of acc itself
+    (equal up to near-ties the division's rounding may merge, since the weight sum is positive). As
+    torch.argmax: the first of equal maxima wins, and NaN beats every number.
+
+    Args:
+        acc: (C, D, H, W) float16/bfloat16/float32/float64, any strides (e.g. a cropped view of an
+            accumulator (1, C, D', H', W') indexed at batch 0).
+        weight_sum: None, or (D, H, W) of acc's dtype and device, any strides (stride 0 broadcasts): the sum
+            of the importance maps covering each voxel, > 0.
+        out: None, or (D, H, W) uint8/int16/int32/int64 on acc's device, any strides, written in place;
+            by default a new contiguous tensor of ``labels_dtype(C)``.
+
+    Returns:
+        out, the (D, H, W) labels.
+    """
+    check_tensor(acc, "acc", dim=4)
+    if acc.shape[0] < 1:
+        raise ValueError(f"acc must have at least one class, got shape {tuple(acc.shape)}")
+    spatial = tuple(acc.shape[1:])
+    if weight_sum is not None:
+        check_tensor(weight_sum, "weight_sum", dim=3)
+        if tuple(weight_sum.shape) != spatial:
+            raise ValueError(f"weight_sum must have the spatial shape of acc {spatial}, got {tuple(weight_sum.shape)}")
+        if weight_sum.dtype != acc.dtype:
+            raise ValueError(f"weight_sum must have the dtype of acc ({acc.dtype}), got {weight_sum.dtype}")
+        if weight_sum.device != acc.device:
+            raise ValueError(f"weight_sum must be on the device of acc ({acc.device}), got {weight_sum.device}")
+    if out is None:
+        out = torch.empty(spatial, dtype=labels_dtype(acc.shape[0]), device=acc.device)
+    else:
+        check_tensor(out, "out", dim=3, dtypes=LABEL_DTYPES)
+        if tuple(out.shape) != spatial:
+            raise ValueError(f"out must have the spatial shape of acc {spatial}, got {tuple(out.shape)}")
+        if out.device != acc.device:
+            raise ValueError(f"out must be on the device of acc ({acc.device}), got {out.device}")
+        if acc.shape[0] - 1 > _LABEL_MAX[out.dtype]:
+            raise ValueError(f"out of dtype {out.dtype} cannot hold {acc.shape[0]} classes; use int16 or wider")
+    backend = dispatch.choose("window_argmax", acc.device, CUDA_ORDER)
+    _ARGMAX[backend](acc, weight_sum, out)
+    return out
+
+
 def _gather_compiled(volume, starts, roi):
     return torch.ops.nas3d.window_gather.default(volume, starts, roi)
 
@@ -141,6 +202,16 @@ def _stitch_triton(out, pred, weight, starts):
     torch.ops.nas3d.window_stitch_triton(out, pred, weight, starts)
 
 
+def _argmax_compiled(acc, weight_sum, out):
+    torch.ops.nas3d.window_argmax.default(acc, weight_sum, out)
+
+
+def _argmax_triton(acc, weight_sum, out):
+    from ..kernels.triton import window as triton_window  # noqa: F401
+
+    torch.ops.nas3d.window_argmax_triton(acc, weight_sum, out)
+
+
 _GATHER = {
     "reference": reference.window_gather,
     "cpu": _gather_compiled,
@@ -155,6 +226,14 @@ _STITCH = {
 }
 
 
+_ARGMAX = {
+    "reference": reference.window_argmax,
+    "cpu": _argmax_compiled,
+    "cuda": _argmax_compiled,
+    "triton": _argmax_triton,
+}
+
+
 def _fake_gather(volume, starts, roi):
     return volume.new_empty((starts.shape[0], volume.shape[1], *roi))
 
@@ -163,6 +242,11 @@ def _fake_stitch(out, pred, weight, starts):
     return None
 
 
+def _fake_argmax(acc, weight_sum, labels):
+    return None
+
+
 if _extension.available():
     torch.library.register_fake("nas3d::window_gather")(_fake_gather)
     torch.library.register_fake("nas3d::window_stitch")(_fake_stitch)
+    torch.library.register_fake("nas3d::window_argmax")(_fake_argmax)

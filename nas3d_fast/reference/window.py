@@ -20,3 +20,10 @@ def window_stitch(out: torch.Tensor, pred: torch.Tensor, weight: torch.Tensor, s
     for n, (b, z, y, x) in enumerate(starts.tolist()):
         out[b, :, z : z + rd, y : y + rh, x : x + rw] += weight * pred[n]
     return out
+
+
+def window_argmax(acc: torch.Tensor, weight_sum: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """out = argmax over dim 0 of acc (C, D, H, W) / weight_sum (D, H, W) (of acc when None); returns out."""
+    scores = acc if weight_sum is None else acc / weight_sum
+    out.copy_(scores.argmax(dim=0))
+    return out

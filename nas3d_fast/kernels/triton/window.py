@@ -139,3 +139,74 @@ def window_stitch_triton(out: torch.Tensor, pred: torch.Tensor, weight: torch.Te
             BLOCK_R=block_r,
             BLOCK_X=block_x,
         )
+
+
+@triton.jit
+def _round_bf16(x):
+    """float32 -> the nearest bfloat16 (ties to even), kept in float32: the interpreter truncates."""
+    bits = x.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+    return tl.where(x == x, bits.to(tl.float32, bitcast=True), x)
+
+
+@triton.jit
+def _argmax_kernel(
+    acc_ptr, w_ptr, lab_ptr, total, C, H, W,
+    as0, as1, as2, as3, ws0, ws1, ws2, ls0, ls1, ls2,
+    NORMALISE: tl.constexpr, FP64: tl.constexpr, BF16: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # BLOCK voxels (z, y, x) of the slab; the classes in order, the tie rule of csrc/window/window.h
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = i < total
+    i = tl.where(mask, i, 0)
+    x = i % W
+    y = (i // W) % H
+    z = i // (W * H)
+    a_ptrs = acc_ptr + z * as1 + y * as2 + x * as3
+    if NORMALISE:
+        w = tl.load(w_ptr + z * ws0 + y * ws1 + x * ws2, mask=mask, other=1.0)
+        w = w.to(tl.float64) if FP64 else w.to(tl.float32)
+    a = tl.load(a_ptrs, mask=mask, other=0.0)
+    best = a.to(tl.float64) if FP64 else a.to(tl.float32)
+    if NORMALISE:  # the quotient rounded to the accumulator's dtype, as torch's division
+        best = best / w
+        best = _round_bf16(best) if BF16 else best.to(a.dtype).to(best.dtype)
+    label = tl.zeros((BLOCK,), dtype=tl.int64)
+    for c in range(1, C):
+        v = tl.load(a_ptrs + c * as0, mask=mask, other=0.0)
+        score = v.to(tl.float64) if FP64 else v.to(tl.float32)
+        if NORMALISE:
+            score = score / w
+            score = _round_bf16(score) if BF16 else score.to(v.dtype).to(score.dtype)
+        better = (score > best) | ((score != score) & (best == best))
+        best = tl.where(better, score, best)
+        label = tl.where(better, c, label)
+    tl.store(lab_ptr + z * ls0 + y * ls1 + x * ls2, label.to(lab_ptr.dtype.element_ty), mask=mask)
+
+
+@triton_op("nas3d::window_argmax_triton", mutates_args={"labels"})
+def window_argmax_triton(acc: torch.Tensor, weight_sum: torch.Tensor | None, labels: torch.Tensor) -> None:
+    C, D, H, W = acc.shape
+    total = D * H * W
+    if total == 0:
+        return
+    normalise = weight_sum is not None
+    w = weight_sum if normalise else acc
+    ws = w.stride()[-3:]
+    block = 1024
+    wrap_triton(_argmax_kernel)[(triton.cdiv(total, block),)](
+        acc,
+        w,
+        labels,
+        total,
+        C,
+        H,
+        W,
+        *acc.stride(),
+        *ws,
+        *labels.stride(),
+        NORMALISE=normalise,
+        FP64=acc.dtype == torch.float64,
+        BF16=acc.dtype == torch.bfloat16,
+        BLOCK=block,
+    )
