@@ -220,6 +220,30 @@ def test_float32_long_line_and_large_logits():
     torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("heads", [2, 3], ids=["head_dim_8", "head_dim_generic"])
+@pytest.mark.parametrize("axis", [2, 3, 4])
+def test_float32_block_copies(axis, heads):
+    """float32 lines of 19 across 21 neighbours, q/k/v as slices of one qkv tensor: the cpu kernels copy
+    lines that lie across memory in 8 x 8 register blocks, with remainders in both directions."""
+    if not nas3d_fast.backends()["cpu"].usable:
+        pytest.skip(nas3d_fast.backends()["cpu"].reason)
+    shape = [1, 8 * heads, 11, 13, 21]
+    shape[axis] = 19
+    x = make_inputs(torch.float32, "cpu", contiguous=True, shape=tuple(shape), heads=heads, axis=axis, rels=())
+    qkv = torch.cat([x[n].detach() for n in "qkv"], dim=1).requires_grad_(True)
+    q, k, v = qkv.split(shape[1], dim=1)
+    with forced_backend("cpu"):
+        out = axial_attention(q, k, v, axis, heads)
+    cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    (got,) = torch.autograd.grad(out, qkv, cot)
+    ref_qkv = qkv.detach().double().requires_grad_(True)
+    rq, rk, rv = ref_qkv.split(shape[1], dim=1)
+    want = nas3d_fast.reference.axial_attention(rq, rk, rv, axis, heads, (shape[1] // heads) ** -0.5)
+    (want_grad,) = torch.autograd.grad(want, ref_qkv, cot.double())
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.double(), want_grad, rtol=1e-4, atol=1e-5)
+
+
 def test_default_scale_and_negative_axis():
     x = make_inputs(torch.float64, "cpu", rels=())
     a = axial_attention(x["q"], x["k"], x["v"], -2, 2)

@@ -3,9 +3,10 @@
 // avx2); axial_cpu.cpp picks one at run time. No include guard on purpose; each includer defines
 // NAS3D_AXIAL_ISA and includes every header below before it (so only this file's code takes the ISA).
 //
-// Work split: lines (batch x head x the two other axes) in parallel. Per line, q (times the scale, and
-// transposed to [D][L]), k, v (and in the backward the output gradient) are gathered once from their
-// strided storage into float32 (float64) buffers. The SIMD lanes hold N consecutive queries (8 floats or
+// Work split: lines (batch x head x the two other axes) in parallel. Per line, q (times the scale), k, v
+// (and in the backward the output and its gradient) are gathered once from their strided storage into
+// float32 (float64) buffers laid out [D][Lp], the layout results are written in too (lines that lie
+// across memory move through 8 x 8 register transposes). The SIMD lanes hold N consecutive queries (8 floats or
 // 4 doubles, GCC/Clang vector extensions): every inner-loop operation is vertical (broadcast k_j[d]
 // times a vector of queries), with no horizontal reduction. The relative embeddings are stored
 // reversed, [D][R] with x = R-1-r, so that the N lanes' rows j - i are N contiguous entries. Keys are
@@ -69,6 +70,31 @@ inline acc hsum(const vec_t<acc>& v) {
   return t;
 }
 
+// Lane r of the result = the sum of the N lanes of the vector at p + r * stride (r < N).
+template <typename acc>
+inline vec_t<acc> lane_sums(const acc* p, int64_t stride) {
+  vec_t<acc> out;
+  for (int r = 0; r < VecT<acc>::N; ++r) out[r] = hsum<acc>(load(p + r * stride));
+  return out;
+}
+// Eight float vectors: a transpose folded into three rounds of pairwise adds (14 shuffles, 7 adds instead of
+// 8 x 7 scalar adds).
+template <>
+inline vec_t<float> lane_sums<float>(const float* p, int64_t stride) {
+  using V = vec_t<float>;
+  V a[8];
+  for (int r = 0; r < 8; ++r) a[r] = load(p + r * stride);
+  V b[4], c[2];
+  for (int r = 0; r < 4; ++r)  // b[r] = [a0+a1 of row 2r, of row 2r+1, a2+a3 of 2r, of 2r+1, ...]
+    b[r] = __builtin_shufflevector(a[2 * r], a[2 * r + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+           __builtin_shufflevector(a[2 * r], a[2 * r + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+  for (int r = 0; r < 2; ++r)  // c[r]: rows 4r..4r+3, lanes 0-3 summed then lanes 4-7 summed
+    c[r] = __builtin_shufflevector(b[2 * r], b[2 * r + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+           __builtin_shufflevector(b[2 * r], b[2 * r + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+  return __builtin_shufflevector(c[0], c[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(c[0], c[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
 // exp of float logits, eight lanes: Cody-Waite range reduction x = n ln2 + f, |f| <= ln2 / 2, Cephes'
 // polynomial (relative error ~1e-7), 2^n built in the exponent bits. Inputs below -87 (and -inf) give
 // ~1e-38 instead of 0: negligible in a softmax whose largest term is 1.
@@ -81,12 +107,13 @@ inline vec_t<float> vexp(vec_t<float> x) {
   const V n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
   V f = x - n * 0.693359375f;
   f = f + n * 2.12194440e-4f;
+  // The degree-5 polynomial by Estrin's scheme: three dependent steps instead of Horner's five (this exp
+  // sits on the critical path of the backward's key loop).
   const V z = f * f;
-  V y = f * 1.9875691500e-4f + 1.3981999507e-3f;
-  y = y * f + 8.3334519073e-3f;
-  y = y * f + 4.1665795894e-2f;
-  y = y * f + 1.6666665459e-1f;
-  y = y * f + 5.0000001201e-1f;
+  const V a = f * 1.9875691500e-4f + 1.3981999507e-3f;
+  const V b = f * 8.3334519073e-3f + 4.1665795894e-2f;
+  const V c = f * 1.6666665459e-1f + 5.0000001201e-1f;
+  V y = a * (z * z) + (b * z + c);
   y = y * z + f + 1.0f;
   const I bits = (__builtin_convertvector(n, I) + 127) << 23;
   V two_n;
@@ -138,16 +165,67 @@ inline Group group_at(const Geometry& g, int64_t gi) {
   return {(gi / per_row) * g.S2 + o2, std::min(kGroup, g.S2 - o2)};
 }
 
-// Group versions of gather_lanes / gather_rows: out holds `count` consecutive line buffers.
+// dst[c * dst_stride + r] = mul * src[r * src_stride + c] for r < rows, c < cols: the copy between a line
+// buffer row and lines that lie across memory (attention along X or Y, lines adjacent along Z).
+template <typename S, typename T, typename acc>
+inline void copy_transposed(const S* src, int64_t src_stride, T* dst, int64_t dst_stride, int64_t rows, int64_t cols,
+                            acc mul) {
+  int64_t r0 = 0;
+  if constexpr (std::is_same_v<S, float> && std::is_same_v<T, float>) {
+    // 8 x 8 blocks through registers: every load and store is a whole vector.
+    using V = vec_t<float>;
+    for (; r0 + 8 <= rows; r0 += 8) {
+      int64_t c0 = 0;
+      for (; c0 + 8 <= cols; c0 += 8) {
+        V a[8], b[8];
+        for (int r = 0; r < 8; ++r) a[r] = load(src + (r0 + r) * src_stride + c0);
+        for (int r = 0; r < 8; r += 2) {
+          b[r] = __builtin_shufflevector(a[r], a[r + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+          b[r + 1] = __builtin_shufflevector(a[r], a[r + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+        }
+        for (int r = 0; r < 8; r += 4)
+          for (int h = 0; h < 2; ++h) {
+            a[r + h] = __builtin_shufflevector(b[r + h], b[r + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+            a[r + h + 2] = __builtin_shufflevector(b[r + h], b[r + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+          }
+        // a[0]: columns 0 (lanes 0-3) and 4 (lanes 4-7) of rows 0-3; a[4]: the same of rows 4-7; etc.
+        const int order[4] = {0, 2, 1, 3};  // a[order[k]] holds columns k and k + 4
+        for (int k = 0; k < 4; ++k) {
+          const V lo = a[order[k]], hi = a[order[k] + 4];
+          store(dst + (c0 + k) * dst_stride + r0, mul * __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 8, 9, 10, 11));
+          store(dst + (c0 + k + 4) * dst_stride + r0,
+                mul * __builtin_shufflevector(lo, hi, 4, 5, 6, 7, 12, 13, 14, 15));
+        }
+      }
+      for (; c0 < cols; ++c0)
+        for (int64_t r = r0; r < r0 + 8; ++r) dst[c0 * dst_stride + r] = mul * src[r * src_stride + c0];
+    }
+  }
+  for (int64_t r = r0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c)
+      dst[c * dst_stride + r] = static_cast<T>(mul * static_cast<acc>(src[r * src_stride + c]));
+}
+
+// Every line buffer is [D][Lp]: row d holds the line's L values of channel d, zero from L to Lp. A group's
+// `count` line buffers are consecutive. Queries are read as vectors of N lanes from a row, keys and values
+// as scalars (row d, column j), and results are stored as vectors into a row.
 template <typename scalar_t, typename acc>
-inline void gather_lanes_group(const scalar_t* p, const Strides& st, int64_t count, int64_t L, int64_t Lp, int64_t D,
-                               acc mul, acc* out) {
+inline void gather_group(const scalar_t* p, const Strides& st, int64_t count, int64_t L, int64_t Lp, int64_t D,
+                         acc mul, acc* out) {
   const int64_t line = D * Lp;
   for (int64_t d = 0; d < D; ++d) {
-    if (st.axis <= st.o2) {  // the line itself is the closer run in memory
+    if (st.axis == 1) {  // contiguous lines: a plain (vectorised) copy per row
+      for (int64_t t = 0; t < count; ++t) {
+        const scalar_t* src = p + d * st.c + t * st.o2;
+        acc* dst = out + t * line + d * Lp;
+        for (int64_t i = 0; i < L; ++i) dst[i] = mul * static_cast<acc>(src[i]);
+      }
+    } else if (st.axis <= st.o2) {  // the line itself is the closer run in memory
       for (int64_t t = 0; t < count; ++t)
         for (int64_t i = 0; i < L; ++i)
           out[t * line + d * Lp + i] = mul * static_cast<acc>(p[i * st.axis + d * st.c + t * st.o2]);
+    } else if (st.o2 == 1) {
+      copy_transposed(p + d * st.c, st.axis, out + d * Lp, line, L, count, mul);
     } else {
       for (int64_t i = 0; i < L; ++i) {
         const scalar_t* src = p + i * st.axis + d * st.c;
@@ -159,54 +237,65 @@ inline void gather_lanes_group(const scalar_t* p, const Strides& st, int64_t cou
   }
 }
 
+// Writes `count` line results held in [D][Lp] buffers to their strided places.
 template <typename scalar_t, typename acc>
-inline void gather_rows_group(const scalar_t* p, const Strides& st, int64_t count, int64_t L, int64_t D, acc* out) {
-  const int64_t line = L * D;
+inline void scatter_group(const acc* buf, const Strides& st, int64_t count, int64_t L, int64_t Lp, int64_t D,
+                          scalar_t* p) {
+  const int64_t line = D * Lp;
   for (int64_t d = 0; d < D; ++d) {
-    if (st.axis <= st.o2) {
-      for (int64_t t = 0; t < count; ++t)
-        for (int64_t j = 0; j < L; ++j) out[t * line + j * D + d] = static_cast<acc>(p[j * st.axis + d * st.c + t * st.o2]);
-    } else {
-      for (int64_t j = 0; j < L; ++j) {
-        const scalar_t* src = p + j * st.axis + d * st.c;
-        for (int64_t t = 0; t < count; ++t) out[t * line + j * D + d] = static_cast<acc>(src[t * st.o2]);
+    if (st.axis == 1) {
+      for (int64_t t = 0; t < count; ++t) {
+        const acc* src = buf + t * line + d * Lp;
+        scalar_t* dst = p + d * st.c + t * st.o2;
+        for (int64_t i = 0; i < L; ++i) dst[i] = static_cast<scalar_t>(src[i]);
       }
-    }
-  }
-}
-
-// Writes `count` line results held as [count][L][D] to their strided places.
-template <typename scalar_t, typename acc>
-inline void scatter_group(const acc* buf, const Strides& st, int64_t count, int64_t L, int64_t D, scalar_t* p) {
-  const int64_t line = L * D;
-  for (int64_t d = 0; d < D; ++d) {
-    if (st.axis <= st.o2) {
+    } else if (st.axis <= st.o2) {
       for (int64_t t = 0; t < count; ++t)
-        for (int64_t i = 0; i < L; ++i) p[i * st.axis + d * st.c + t * st.o2] = static_cast<scalar_t>(buf[t * line + i * D + d]);
+        for (int64_t i = 0; i < L; ++i)
+          p[i * st.axis + d * st.c + t * st.o2] = static_cast<scalar_t>(buf[t * line + d * Lp + i]);
+    } else if (st.o2 == 1) {
+      copy_transposed(buf + d * Lp, line, p + d * st.c, st.axis, count, L, acc(1));
     } else {
       for (int64_t i = 0; i < L; ++i) {
         scalar_t* dst = p + i * st.axis + d * st.c;
-        for (int64_t t = 0; t < count; ++t) dst[t * st.o2] = static_cast<scalar_t>(buf[t * line + i * D + d]);
+        for (int64_t t = 0; t < count; ++t) dst[t * st.o2] = static_cast<scalar_t>(buf[t * line + d * Lp + i]);
       }
     }
   }
 }
 
-// Logits of the N queries i0 .. i0+N-1 (QT: [D][Lp], scaled) against key j: s_ij of axial.h.
+// Logits of the N queries i0 .. i0+N-1 (QT: [D][Lp], scaled) against key j (kj = KT + j, so its channel d
+// is kj[d * Lp]): s_ij of axial.h.
 template <typename acc>
 inline vec_t<acc> lane_logits(const acc* __restrict__ QT, int64_t Lp, const acc* __restrict__ kj, const Rel<acc>& rel,
                               int64_t D, int64_t i0, int64_t x0) {
   using V = vec_t<acc>;
   V s = splat<acc>(0);
   if (rel.q != nullptr) {
-    for (int64_t d = 0; d < D; ++d) s += load(QT + d * Lp + i0) * (kj[d] + load(rel.q + d * rel.stride + x0));
+    for (int64_t d = 0; d < D; ++d) s += load(QT + d * Lp + i0) * (kj[d * Lp] + load(rel.q + d * rel.stride + x0));
   } else {
-    for (int64_t d = 0; d < D; ++d) s += load(QT + d * Lp + i0) * kj[d];
+    for (int64_t d = 0; d < D; ++d) s += load(QT + d * Lp + i0) * kj[d * Lp];
   }
   if (rel.k != nullptr) {
-    for (int64_t d = 0; d < D; ++d) s += kj[d] * load(rel.k + d * rel.stride + x0);
+    for (int64_t d = 0; d < D; ++d) s += kj[d * Lp] * load(rel.k + d * rel.stride + x0);
   }
   return s;
+}
+
+// Dot product of a tile's query vectors with key j (b = KT + j: channel d at b[d * Lp]), in four partial
+// sums (DC is a multiple of 4): a single accumulator would chain DC dependent FMAs, the longest path of the
+// key loops.
+template <typename acc, int DC>
+inline vec_t<acc> dot_lanes(const vec_t<acc>* a, const acc* __restrict__ b, int64_t Lp) {
+  using V = vec_t<acc>;
+  V s0 = a[0] * b[0], s1 = a[1] * b[Lp], s2 = a[2] * b[2 * Lp], s3 = a[3] * b[3 * Lp];
+  for (int d = 4; d < DC; d += 4) {
+    s0 += a[d] * b[d * Lp];
+    s1 += a[d + 1] * b[(d + 1) * Lp];
+    s2 += a[d + 2] * b[(d + 2) * Lp];
+    s3 += a[d + 3] * b[(d + 3) * Lp];
+  }
+  return (s0 + s1) + (s2 + s3);
 }
 
 // The tiles of N queries without relative terms for a compile-time head dim: the queries' vectors and
@@ -227,9 +316,7 @@ inline void forward_tile_fixed(const acc* __restrict__ QT, int64_t Lp, const acc
     const int64_t nb = std::min(kKeyBlock, L - j0);
     V bm = splat(-std::numeric_limits<acc>::infinity());
     for (int64_t j = 0; j < nb; ++j) {
-      const acc* kj = K + (j0 + j) * DC;
-      V sj = splat<acc>(0);
-      for (int d = 0; d < DC; ++d) sj += qv[d] * kj[d];
+      const V sj = dot_lanes<acc, DC>(qv, K + j0 + j, Lp);
       store(S + j * N, sj);
       bm = sj > bm ? sj : bm;
     }
@@ -242,28 +329,30 @@ inline void forward_tile_fixed(const acc* __restrict__ QT, int64_t Lp, const acc
       for (int d = 0; d < DC; ++d) o[d] *= corr;
       m = m_new;
     }
+    // The exps in a loop of their own (independent, so they pipeline), then the value sums.
     for (int64_t j = 0; j < nb; ++j) {
       const V p = vexp(load(S + j * N) - m);
       l += p;
-      const acc* vj = Vb + (j0 + j) * DC;
-      for (int d = 0; d < DC; ++d) o[d] += p * vj[d];
+      store(S + j * N, p);
+    }
+    for (int64_t j = 0; j < nb; ++j) {
+      const V p = load(S + j * N);
+      const acc* vj = Vb + j0 + j;
+      for (int d = 0; d < DC; ++d) o[d] += p * vj[d * Lp];
     }
   }
   const V inv = splat<acc>(1) / l;
   const V lse_v = m + vlog(l);
   const int64_t lanes = std::min<int64_t>(N, L - i0);
-  for (int d = 0; d < DC; ++d) {
-    const V od = o[d] * inv;
-    for (int64_t t = 0; t < lanes; ++t) out_line[(i0 + t) * DC + d] = od[t];
-  }
+  for (int d = 0; d < DC; ++d) store(out_line + d * Lp + i0, o[d] * inv);
   for (int64_t t = 0; t < lanes; ++t) lse_line[i0 + t] = lse_v[t];
 }
 
 template <typename acc, int DC>
 inline void backward_tile_fixed(const acc* __restrict__ QT, const acc* __restrict__ GT, int64_t Lp,
                                 const acc* __restrict__ K, const acc* __restrict__ Vb, int64_t L, int64_t i0,
-                                const acc* lse_l, const acc* delta, acc scale, acc* __restrict__ dKl,
-                                acc* __restrict__ dVl, acc* __restrict__ dq_line) {
+                                const acc* lse_l, const acc* delta, acc scale, acc* __restrict__ dKV,
+                                acc* __restrict__ dq_line) {
   using V = vec_t<acc>;
   constexpr int N = VecT<acc>::N;
   V qv[DC], gv[DC], dq[DC];
@@ -273,27 +362,38 @@ inline void backward_tile_fixed(const acc* __restrict__ QT, const acc* __restric
     dq[d] = splat<acc>(0);
   }
   const V lse_v = load(lse_l + i0), delta_v = load(delta + i0);
-  for (int64_t j = 0; j < L; ++j) {
-    const acc* kj = K + j * DC;
-    const acc* vj = Vb + j * DC;
-    V s = splat<acc>(0), dp = splat<acc>(0);
+  // p and ds of key j (prob_from_lse and logit_grad of axial.h).
+  auto probs = [&](int64_t j, V& p, V& ds) {
+    const V s = dot_lanes<acc, DC>(qv, K + j, Lp);
+    const V dp = dot_lanes<acc, DC>(gv, Vb + j, Lp);
+    p = vexp(s - lse_v);
+    ds = p * (dp - delta_v);
+  };
+  auto accumulate = [&](int64_t j, const V& p, const V& ds) {
+    const acc* kj = K + j;
+    acc* dkj = dKV + j * 2 * DC * N;
+    acc* dvj = dkj + DC * N;
     for (int d = 0; d < DC; ++d) {
-      s += qv[d] * kj[d];
-      dp += gv[d] * vj[d];
-    }
-    const V p = vexp(s - lse_v);       // prob_from_lse of axial.h
-    const V ds = p * (dp - delta_v);  // logit_grad of axial.h
-    acc* dkj = dKl + j * DC * N;
-    acc* dvj = dVl + j * DC * N;
-    for (int d = 0; d < DC; ++d) {
-      dq[d] += ds * kj[d];
+      dq[d] += ds * kj[d * Lp];
       store(dkj + d * N, load(dkj + d * N) + ds * qv[d]);
       store(dvj + d * N, load(dvj + d * N) + p * gv[d]);
     }
+  };
+  // Two keys per step: their logits and exps are independent, so one's latency hides the other's.
+  int64_t j = 0;
+  for (; j + 1 < L; j += 2) {
+    V p0, ds0, p1, ds1;
+    probs(j, p0, ds0);
+    probs(j + 1, p1, ds1);
+    accumulate(j, p0, ds0);
+    accumulate(j + 1, p1, ds1);
   }
-  const int64_t lanes = std::min<int64_t>(N, L - i0);
-  for (int d = 0; d < DC; ++d)
-    for (int64_t t = 0; t < lanes; ++t) dq_line[(i0 + t) * DC + d] = scale * dq[d][t];
+  if (j < L) {
+    V p0, ds0;
+    probs(j, p0, ds0);
+    accumulate(j, p0, ds0);
+  }
+  for (int d = 0; d < DC; ++d) store(dq_line + d * Lp + i0, scale * dq[d]);
 }
 
 // Lines per parallel task: enough work (~L^2 D multiply-adds each) to amortise the task.
@@ -322,22 +422,22 @@ void forward_typed(const Geometry& g, const at::Tensor& q, const at::Tensor& k, 
   const acc scale = static_cast<acc>(scale_d);
   const int64_t grain = std::max<int64_t>(1, line_grain(g) / kGroup);
   at::parallel_for(0, num_groups(g), grain, [&](int64_t g0, int64_t g1) {
-    std::vector<acc> QTg(kGroup * D * Lp), Kg(kGroup * L * D), Vg(kGroup * L * D), Og(kGroup * L * D);
+    std::vector<acc> QTg(kGroup * D * Lp), Kg(kGroup * D * Lp), Vg(kGroup * D * Lp), Og(kGroup * D * Lp);
     // Vector buffers as plain arrays of acc (std::allocator ignores the vectors' alignment): load/store.
     std::vector<acc> Sb(kKeyBlock * N), Ob(D * N);
     acc* S = Sb.data();
     acc* O = Ob.data();
     for (int64_t gi = g0; gi < g1; ++gi) {
       const Group grp = group_at(g, gi);
-      gather_lanes_group(qp + g.base(grp.first, sq), sq, grp.count, L, Lp, D, scale, QTg.data());
-      gather_rows_group(kp + g.base(grp.first, sk), sk, grp.count, L, D, Kg.data());
-      gather_rows_group(vp + g.base(grp.first, sv), sv, grp.count, L, D, Vg.data());
+      gather_group(qp + g.base(grp.first, sq), sq, grp.count, L, Lp, D, scale, QTg.data());
+      gather_group(kp + g.base(grp.first, sk), sk, grp.count, L, Lp, D, acc(1), Kg.data());
+      gather_group(vp + g.base(grp.first, sv), sv, grp.count, L, Lp, D, acc(1), Vg.data());
       for (int64_t t_line = 0; t_line < grp.count; ++t_line) {
       const int64_t n = grp.first + t_line;
       const acc* QT = QTg.data() + t_line * D * Lp;
-      const acc* K = Kg.data() + t_line * L * D;
-      const acc* Vb = Vg.data() + t_line * L * D;
-      acc* out_line = Og.data() + t_line * L * D;
+      const acc* K = Kg.data() + t_line * D * Lp;
+      const acc* Vb = Vg.data() + t_line * D * Lp;
+      acc* out_line = Og.data() + t_line * D * Lp;
       for (int64_t i0 = 0; i0 < L; i0 += N) {
         if constexpr (DC > 0) {
           if (rel.q == nullptr && rel.k == nullptr && rel.v == nullptr) {
@@ -353,7 +453,7 @@ void forward_typed(const Geometry& g, const at::Tensor& q, const at::Tensor& k, 
           V bm = splat(-std::numeric_limits<acc>::infinity());
           for (int64_t j = 0; j < nb; ++j) {
             const int64_t x0 = L - 1 - (j0 + j) + i0;  // reversed row of offset (j0 + j) - i0
-            const V sj = lane_logits(QT, Lp, K + (j0 + j) * D, rel, D, i0, x0);
+            const V sj = lane_logits(QT, Lp, K + j0 + j, rel, D, i0, x0);
             store(S + j * N, sj);
             bm = sj > bm ? sj : bm;
           }
@@ -369,27 +469,24 @@ void forward_typed(const Geometry& g, const at::Tensor& q, const at::Tensor& k, 
           for (int64_t j = 0; j < nb; ++j) {
             const V p = vexp(load(S + j * N) - m);
             l += p;
-            const acc* vj = Vb + (j0 + j) * D;
+            const acc* vj = Vb + j0 + j;
             if (rel.v != nullptr) {
               const int64_t x0 = L - 1 - (j0 + j) + i0;
               for (int64_t d = 0; d < D; ++d)
-                store(O + d * N, load(O + d * N) + p * (vj[d] + load(rel.v + d * rel.stride + x0)));
+                store(O + d * N, load(O + d * N) + p * (vj[d * Lp] + load(rel.v + d * rel.stride + x0)));
             } else {
-              for (int64_t d = 0; d < D; ++d) store(O + d * N, load(O + d * N) + p * vj[d]);
+              for (int64_t d = 0; d < D; ++d) store(O + d * N, load(O + d * N) + p * vj[d * Lp]);
             }
           }
         }
         const V inv = splat<acc>(1) / l;
         const V lse_v = m + vlog(l);
         const int64_t lanes = std::min<int64_t>(N, L - i0);
-        for (int64_t d = 0; d < D; ++d) {
-          const V o = load(O + d * N) * inv;
-          for (int64_t t = 0; t < lanes; ++t) out_line[(i0 + t) * D + d] = o[t];
-        }
+        for (int64_t d = 0; d < D; ++d) store(out_line + d * Lp + i0, load(O + d * N) * inv);
         for (int64_t t = 0; t < lanes; ++t) lsep[n * L + i0 + t] = lse_v[t];
       }
       }
-      scatter_group(Og.data(), so, grp.count, L, D, outp + g.base(grp.first, so));
+      scatter_group(Og.data(), so, grp.count, L, Lp, D, outp + g.base(grp.first, so));
     }
   });
 }
@@ -423,12 +520,14 @@ void backward_typed(const Geometry& g, const at::Tensor& grad, const at::Tensor&
   const int64_t lines_per_chunk = std::max<int64_t>(1, g.lines() / chunks);
   const int64_t grain = std::max<int64_t>(1, 4 * line_grain(g) / lines_per_chunk);
   at::parallel_for(0, chunks, grain, [&](int64_t c0, int64_t c1) {
-    std::vector<acc> QTg(kGroup * D * Lp), GTg(kGroup * D * Lp), OTg(kGroup * D * Lp), Kg(kGroup * L * D),
-        Vg(kGroup * L * D), dQg(kGroup * L * D), dKg(kGroup * L * D), dVg(kGroup * L * D), lse_l(Lp), delta(Lp);
+    const int64_t buf = kGroup * D * Lp;
+    std::vector<acc> QTg(buf), GTg(buf), OTg(buf), Kg(buf), Vg(buf), dQg(buf), dKg(buf), dVg(buf), lse_l(Lp), delta(Lp);
     // Vector buffers as plain arrays of acc (std::allocator ignores the vectors' alignment): load/store.
-    std::vector<acc> dKb(L * D * N), dVb(L * D * N), dQb(D * N);
-    acc* dKl = dKb.data();
-    acc* dVl = dVb.data();
+    // Per key j, its dk lanes [D][N] and then its dv lanes: one buffer, so that a dk store and the next dv
+    // load never sit a multiple of 4 KiB apart (two separate 8 KiB buffers did: 4K aliasing stalls).
+    // Padding keys L .. Lp-1 stay zero (lane_sums reads N keys at a time).
+    std::vector<acc> dKVb(2 * Lp * D * N), dQb(D * N);
+    acc* dKV = dKVb.data();
     acc* dQ = dQb.data();
     for (int64_t c = c0; c < c1; ++c) {
       acc* drq = drel == nullptr ? nullptr : drel + (c * 3 + 0) * D * RS;
@@ -436,34 +535,31 @@ void backward_typed(const Geometry& g, const at::Tensor& grad, const at::Tensor&
       acc* drv = drel == nullptr ? nullptr : drel + (c * 3 + 2) * D * RS;
       for (int64_t gi = c * G_total / chunks; gi < (c + 1) * G_total / chunks; ++gi) {
         const Group grp = group_at(g, gi);
-        gather_lanes_group(qp + g.base(grp.first, sq), sq, grp.count, L, Lp, D, scale, QTg.data());
-        gather_lanes_group(gp + g.base(grp.first, sg), sg, grp.count, L, Lp, D, static_cast<acc>(1), GTg.data());
-        gather_lanes_group(op + g.base(grp.first, so), so, grp.count, L, Lp, D, static_cast<acc>(1), OTg.data());
-        gather_rows_group(kp + g.base(grp.first, sk), sk, grp.count, L, D, Kg.data());
-        gather_rows_group(vp + g.base(grp.first, sv), sv, grp.count, L, D, Vg.data());
+        gather_group(qp + g.base(grp.first, sq), sq, grp.count, L, Lp, D, scale, QTg.data());
+        gather_group(gp + g.base(grp.first, sg), sg, grp.count, L, Lp, D, acc(1), GTg.data());
+        gather_group(op + g.base(grp.first, so), so, grp.count, L, Lp, D, acc(1), OTg.data());
+        gather_group(kp + g.base(grp.first, sk), sk, grp.count, L, Lp, D, acc(1), Kg.data());
+        gather_group(vp + g.base(grp.first, sv), sv, grp.count, L, Lp, D, acc(1), Vg.data());
         for (int64_t t_line = 0; t_line < grp.count; ++t_line) {
         const int64_t n = grp.first + t_line;
         const acc* QT = QTg.data() + t_line * D * Lp;
         const acc* GT = GTg.data() + t_line * D * Lp;
         const acc* OT = OTg.data() + t_line * D * Lp;
-        const acc* K = Kg.data() + t_line * L * D;
-        const acc* Vb = Vg.data() + t_line * L * D;
-        acc* dq_line = dQg.data() + t_line * L * D;
-        acc* dk_line = dKg.data() + t_line * L * D;
-        acc* dv_line = dVg.data() + t_line * L * D;
+        const acc* K = Kg.data() + t_line * D * Lp;
+        const acc* Vb = Vg.data() + t_line * D * Lp;
+        acc* dq_line = dQg.data() + t_line * D * Lp;
+        acc* dk_line = dKg.data() + t_line * D * Lp;
+        acc* dv_line = dVg.data() + t_line * D * Lp;
         // delta_i = g_i . out_i; padding lanes get lse = delta = 0 and g = 0, so their ds and p g vanish.
-        for (int64_t i = 0; i < Lp; ++i) {
-          acc t = 0;
-          for (int64_t d = 0; d < D; ++d) t += GT[d * Lp + i] * OT[d * Lp + i];
-          delta[i] = t;
-          lse_l[i] = i < L ? lsep[n * L + i] : 0;
-        }
-        std::fill(dKb.begin(), dKb.end(), static_cast<acc>(0));
-        std::fill(dVb.begin(), dVb.end(), static_cast<acc>(0));
+        std::fill(delta.begin(), delta.end(), static_cast<acc>(0));
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t i = 0; i < Lp; ++i) delta[i] += GT[d * Lp + i] * OT[d * Lp + i];
+        for (int64_t i = 0; i < Lp; ++i) lse_l[i] = i < L ? lsep[n * L + i] : 0;
+        std::fill(dKVb.begin(), dKVb.end(), static_cast<acc>(0));
         for (int64_t i0 = 0; i0 < L; i0 += N) {
           if constexpr (DC > 0) {
             if (drel == nullptr && rel.q == nullptr && rel.k == nullptr && rel.v == nullptr) {
-              backward_tile_fixed<acc, DC>(QT, GT, Lp, K, Vb, L, i0, lse_l.data(), delta.data(), scale, dKl, dVl,
+              backward_tile_fixed<acc, DC>(QT, GT, Lp, K, Vb, L, i0, lse_l.data(), delta.data(), scale, dKV,
                                            dq_line);
               continue;
             }
@@ -472,26 +568,26 @@ void backward_typed(const Geometry& g, const at::Tensor& grad, const at::Tensor&
           std::fill(dQb.begin(), dQb.end(), static_cast<acc>(0));
           for (int64_t j = 0; j < L; ++j) {
             const int64_t x0 = L - 1 - j + i0;
-            const acc* kj = K + j * D;
-            const acc* vj = Vb + j * D;
+            const acc* kj = K + j;
+            const acc* vj = Vb + j;
             const V s = lane_logits(QT, Lp, kj, rel, D, i0, x0);
             const V p = vexp(s - lse_v);  // prob_from_lse of axial.h
             V dp = splat<acc>(0);
             if (rel.v != nullptr) {
-              for (int64_t d = 0; d < D; ++d) dp += load(GT + d * Lp + i0) * (vj[d] + load(rel.v + d * RS + x0));
+              for (int64_t d = 0; d < D; ++d) dp += load(GT + d * Lp + i0) * (vj[d * Lp] + load(rel.v + d * RS + x0));
             } else {
-              for (int64_t d = 0; d < D; ++d) dp += load(GT + d * Lp + i0) * vj[d];
+              for (int64_t d = 0; d < D; ++d) dp += load(GT + d * Lp + i0) * vj[d * Lp];
             }
             const V ds = p * (dp - delta_v);  // logit_grad of axial.h
-            acc* dkj = dKl + j * D * N;
-            acc* dvj = dVl + j * D * N;
+            acc* dkj = dKV + j * 2 * D * N;
+            acc* dvj = dkj + D * N;
             for (int64_t d = 0; d < D; ++d) {
               const V qd = load(QT + d * Lp + i0);
               const V gd = load(GT + d * Lp + i0);
               if (rel.q != nullptr) {
-                store(dQ + d * N, load(dQ + d * N) + ds * (kj[d] + load(rel.q + d * RS + x0)));
+                store(dQ + d * N, load(dQ + d * N) + ds * (kj[d * Lp] + load(rel.q + d * RS + x0)));
               } else {
-                store(dQ + d * N, load(dQ + d * N) + ds * kj[d]);
+                store(dQ + d * N, load(dQ + d * N) + ds * kj[d * Lp]);
               }
               if (rel.k != nullptr) {
                 store(dkj + d * N, load(dkj + d * N) + ds * (qd + load(rel.k + d * RS + x0)));
@@ -500,24 +596,23 @@ void backward_typed(const Geometry& g, const at::Tensor& grad, const at::Tensor&
               }
               store(dvj + d * N, load(dvj + d * N) + p * gd);
               if (need_drq) store(drq + d * RS + x0, load(drq + d * RS + x0) + ds * qd);
-              if (need_drk) store(drk + d * RS + x0, load(drk + d * RS + x0) + ds * kj[d]);
+              if (need_drk) store(drk + d * RS + x0, load(drk + d * RS + x0) + ds * kj[d * Lp]);
               if (need_drv) store(drv + d * RS + x0, load(drv + d * RS + x0) + p * gd);
             }
           }
-          const int64_t lanes = std::min<int64_t>(N, L - i0);
-          for (int64_t d = 0; d < D; ++d)
-            for (int64_t t = 0; t < lanes; ++t) dq_line[(i0 + t) * D + d] = scale * dQ[d * N + t];
+          for (int64_t d = 0; d < D; ++d) store(dq_line + d * Lp + i0, scale * load(dQ + d * N));
         }
-        for (int64_t j = 0; j < L; ++j) {
+        // dk_j[d] and dv_j[d]: the lanes of key j's partial sums, N keys at a time.
+        for (int64_t j0 = 0; j0 < Lp; j0 += N) {
           for (int64_t d = 0; d < D; ++d) {
-            dk_line[j * D + d] = hsum<acc>(load(dKl + (j * D + d) * N));
-            dv_line[j * D + d] = hsum<acc>(load(dVl + (j * D + d) * N));
+            store(dk_line + d * Lp + j0, lane_sums<acc>(dKV + (2 * j0 * D + d) * N, 2 * D * N));
+            store(dv_line + d * Lp + j0, lane_sums<acc>(dKV + ((2 * j0 + 1) * D + d) * N, 2 * D * N));
           }
         }
         }
-        scatter_group(dQg.data(), sdq, grp.count, L, D, dqp + g.base(grp.first, sdq));
-        scatter_group(dKg.data(), sdk, grp.count, L, D, dkp + g.base(grp.first, sdk));
-        scatter_group(dVg.data(), sdv, grp.count, L, D, dvp + g.base(grp.first, sdv));
+        scatter_group(dQg.data(), sdq, grp.count, L, Lp, D, dqp + g.base(grp.first, sdq));
+        scatter_group(dKg.data(), sdk, grp.count, L, Lp, D, dkp + g.base(grp.first, sdk));
+        scatter_group(dVg.data(), sdv, grp.count, L, Lp, D, dvp + g.base(grp.first, sdv));
       }
     }
   });
