@@ -6,7 +6,8 @@ CUDA: ``torch.cuda.max_memory_allocated`` / ``max_memory_reserved`` after ``rese
 CPU: the CPU allocator's own accounting, read from ``torch.profiler`` memory events (with
 ``profile_memory=True`` every allocation and free of PyTorch's CPU allocator is reported with its size,
 including buffers that kernels allocate internally): the peak is the model's parameters and buffers
-(live before the steps) plus the highest running sum of those events over the steps. It counts tensor
+(live before the steps) plus the highest running sum of those events over the steps (allocations made
+during the steps and their frees; frees of older blocks are left out, see ``_session_memory_events``). It counts tensor
 memory only: not the process's other memory (Python objects, libraries, oneDNN's own caches), and
 not what the C library keeps around after a free, so it is not the process's resident set.
 
@@ -17,6 +18,7 @@ activations, and what the allocator held beyond them is workspace.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Sequence
 
@@ -147,6 +149,7 @@ def _measure_cpu(model, shape, batch_size, num_classes, loss_fn, optimizer, amp,
     base = _storage_bytes(list(model.parameters()) + list(model.buffers()))
     tracker = LifetimeTracker(clock=True)
     _register_model(tracker, model)
+    gc.collect()  # earlier garbage (a previous candidate's model or optimiser state) goes before, not during
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, tracker:
         tracker.set_phase("inputs")
         x, y = _inputs(shape, batch_size, num_classes, torch.device("cpu"))
@@ -156,11 +159,7 @@ def _measure_cpu(model, shape, batch_size, num_classes, loss_fn, optimizer, amp,
             training_step(model, opt, loss_fn, x, y, amp, "cpu", phase=_phases(tracker, model, opt))
         del x, y
     tracker.close()
-    memory = sorted(
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
-    )
+    memory = _session_memory_events(prof)
     running, peak, peak_ns = 0, 0, None
     for t_ns, nbytes in memory:
         running += nbytes
@@ -169,6 +168,33 @@ def _measure_cpu(model, shape, batch_size, num_classes, loss_fn, optimizer, amp,
     peak += base
     breakdown = _breakdown_at(tracker, peak_ns, peak)
     return MemoryReport(peak, peak, breakdown, "cpu", "measured")
+
+
+def _session_memory_events(prof) -> list[tuple[int, int]]:
+    """(time in ns, bytes) of the CPU allocations made during the profiling session and of their frees,
+    in time order.
+
+    A free of a block allocated before the session is left out. The CPU allocator's reporter keeps its
+    pointer-to-size table across profiling sessions, so such a free (a block of an earlier session that
+    a garbage collection releases now, or an address whose entry went stale) comes with a size this
+    session never counted: summing it made the running total, and so the peak, too low by that size.
+    """
+    allocation = torch._C._profiler._EventType.Allocation
+    stack, events = list(prof.profiler.kineto_results.experimental_event_tree()), []
+    while stack:
+        event = stack.pop()
+        stack.extend(event.children)
+        if event.tag == allocation and event.extra_fields.device.type == "cpu":
+            events.append((event.start_time_ns, event.extra_fields.alloc_size, event.extra_fields.ptr))
+    events.sort()  # at equal times a free sorts before an allocation (it may free the address reused)
+    live, memory = {}, []
+    for t_ns, nbytes, ptr in events:
+        if nbytes > 0:
+            live[ptr] = nbytes
+            memory.append((t_ns, nbytes))
+        elif ptr in live:
+            memory.append((t_ns, -live.pop(ptr)))
+    return memory
 
 
 def _breakdown_at(tracker: LifetimeTracker, t_ns: int | None, total: int) -> dict:
@@ -200,6 +226,7 @@ def _measure_cuda(
     tracker = LifetimeTracker(host=lambda t: t.device.type == "cpu")  # e.g. Adam's step counters
     _register_model(tracker, model)
     torch.cuda.synchronize(device)
+    gc.collect()
     torch.cuda.empty_cache()  # segments cached by earlier work would inflate the reserved peak
     torch.cuda.reset_peak_memory_stats(device)
     with tracker:
