@@ -150,7 +150,7 @@ struct Rel {
 // Lines are processed in groups of up to kGroup lines adjacent along the last of the two other axes
 // (o2): for attention along X or Y their elements are neighbours in memory, so the group's gathers and
 // scatters read and write whole cache lines instead of one element per line.
-constexpr int64_t kGroup = 16;
+constexpr int64_t kGroup = 32;
 
 struct Group {
   int64_t first;  // line index of the group's first line
