@@ -30,7 +30,9 @@ from torch import nn
 
 _PLAIN = (torch.Tensor, nn.Parameter)  # not fake, functional or other subclass tensors
 _SLOW_CONV_LIMIT = 20480  # ATen's N * C * D * H bound below which batch-1 convolutions skip oneDNN
-_MIN_VOXELS = 512  # below 8^3 oneDNN gains nothing (0.84x at (1, 256, 4^3): benchmarks/conv_route.py)
+# Below 8^3 oneDNN gains nothing: it ran at 0.84x of torch's kernel at (1, 256, 4^3) before this bound
+# (the c256_s4 case of benchmarks/conv_route.py, which now runs torch's kernel on both sides).
+_MIN_VOXELS = 512
 
 
 _META_AS_CPU = contextvars.ContextVar("nas3d_meta_as_cpu", default=False)
