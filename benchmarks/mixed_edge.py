@@ -4,7 +4,10 @@ nas3d side: ``nas3d_fast.nn.MixedEdge3d`` (merged linear candidates, memory-effi
 fused kernels). Baseline ``eager``: the same edge, same parameters, written the DARTS way with torch
 built-ins (``nas3d_fast.reference.mixed_edge``: every candidate computed and kept for backward, a
 Python sum). The sampled case's baseline is the dense eager edge (what a user runs without sampling).
-``max_pool3`` compares the op with ``F.max_pool3d``.
+``max_pool3`` compares the op with ``F.max_pool3d``. ``kernel_merge`` merges the five kernels of a
+DiNTS edge at its deepest scale (256 channels: conv3x3x3, three composed P3D pairs, the identity as a
+1x1x1 kernel), forward + backward, against the F.pad and weighted sum users write
+(``nas3d_fast.reference.mixed.kernel_merge``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import torch.nn.functional as F
 
 import nas3d_fast
 from nas3d_fast.nn import MixedEdge3d
-from nas3d_fast.ops import gumbel_topk, max_pool3
+from nas3d_fast.ops import gumbel_topk, kernel_merge, max_pool3
+from nas3d_fast.reference.mixed import kernel_merge as eager_kernel_merge
 from nas3d_fast.reference.mixed_edge import mixed_edge as eager_edge
 
 from .core import Case, Ratio, Suite
@@ -73,6 +77,24 @@ def _pool_step(fn):
     return build
 
 
+def _merge_step(merge, channels: int = 256):
+    def build(device: str):
+        torch.manual_seed(0)
+        sizes = [(3, 3, 3)] * 4 + [(1, 1, 1)]
+        kernels = [torch.randn(channels, channels, *k, device=device, requires_grad=True) for k in sizes]
+        weights = torch.softmax(torch.randn(len(sizes), device=device), 0).requires_grad_(True)
+        cot = torch.randn(channels, channels, 3, 3, 3, device=device)
+
+        def step():
+            for t in (*kernels, weights):
+                t.grad = None
+            merge(kernels, weights).backward(cot)
+
+        return step
+
+    return build
+
+
 def _nas3d_skip(device: str) -> str | None:
     wanted = "cuda" if device == "cuda" else "cpu"
     status = nas3d_fast.backends()[wanted]
@@ -98,6 +120,8 @@ CASES = tuple(
 ) + (
     Case("max_pool3_nas3d", _pool_step(max_pool3), "nas3d", _DEVICES, _nas3d_skip),
     Case("max_pool3_torch", _pool_step(lambda x: F.max_pool3d(x, 3, 1, 1)), "torch", _DEVICES),
+    Case("kernel_merge_nas3d", _merge_step(kernel_merge), "nas3d", _DEVICES, _nas3d_skip),
+    Case("kernel_merge_eager", _merge_step(eager_kernel_merge), "eager", _DEVICES),
 )
 
 SUITE = Suite(
@@ -112,6 +136,9 @@ SUITE = Suite(
             Ratio(f"{name}.memory_vs_eager", f"{name}_nas3d", f"{name}_eager", kind="memory"),
         )
     )
-    + (Ratio("max_pool3.speedup_vs_torch", "max_pool3_nas3d", "max_pool3_torch"),),
+    + (
+        Ratio("max_pool3.speedup_vs_torch", "max_pool3_nas3d", "max_pool3_torch"),
+        Ratio("kernel_merge.speedup_vs_eager", "kernel_merge_nas3d", "kernel_merge_eager"),
+    ),
     quick_cases=("scnas8_shared_nas3d", "scnas8_shared_eager", "max_pool3_nas3d", "max_pool3_torch"),
 )
