@@ -45,18 +45,13 @@ def activation(x: torch.Tensor, act: str) -> torch.Tensor:
     return F.relu(x) if act == "relu" else F.leaky_relu(x, LEAKY_SLOPE)
 
 
-def activation_backward_(grad: torch.Tensor, x: torch.Tensor, act: str, slabs: int = 8) -> torch.Tensor:
-    """grad *= activation'(x) in place (relu: 0 where x <= 0; leaky_relu: the slope there), as
-    autograd's threshold/leaky_relu backward computes it, a slab of the first spatial axis at a time
-    so that the temporary factor stays small. Returns grad."""
+def activation_backward_(grad: torch.Tensor, x: torch.Tensor, act: str) -> torch.Tensor:
+    """grad *= activation'(x) in place (relu: 0 where x <= 0; leaky_relu: the slope there), with
+    autograd's own threshold/leaky_relu backward kernels writing into grad: one pass, no temporary
+    (a byte mask and masked_fill_ took 5x as long). Returns grad."""
     if act == "relu":
-        return grad.masked_fill_(x <= 0, 0)  # a byte mask is the only temporary
-    slope = LEAKY_SLOPE
-    step = max(1, -(-x.shape[2] // slabs))
-    for start in range(0, x.shape[2], step):
-        g, v = grad[:, :, start : start + step], x[:, :, start : start + step]
-        g.copy_(torch.where(v > 0, g, g * slope))
-    return grad
+        return torch.ops.aten.threshold_backward.grad_input(grad, x, 0, grad_input=grad)
+    return torch.ops.aten.leaky_relu_backward.grad_input(grad, x, LEAKY_SLOPE, False, grad_input=grad)
 
 
 class MixedEdge3d(nn.Module):
