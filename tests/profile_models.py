@@ -97,3 +97,18 @@ class WidthSpace(SearchSpace):
 
 
 spaces.register(WidthSpace)
+
+
+class StridedConvNet(nn.Module):
+    """One strided convolution between a pointwise stem and head: its backward is the step's peak,
+    so the prediction tests the workspace model of that backward (oneDNN's strided kernels)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: tuple[int, int, int], classes: int = 2):
+        super().__init__()
+        self.stem = nn.Conv3d(1, c_in, 1)
+        padding = tuple(k // 2 for k in kernel)
+        self.conv = nn.Conv3d(c_in, c_out, kernel, stride=2, padding=padding, bias=False)
+        self.head = nn.Conv3d(c_out, classes, 1)
+
+    def forward(self, x):
+        return F.interpolate(self.head(self.conv(self.stem(x))), scale_factor=2)

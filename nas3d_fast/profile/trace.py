@@ -187,4 +187,6 @@ def _placeholder(dtype: torch.dtype):
 def _meta_mkldnn_convolution(x, weight, bias, padding, stride, dilation, groups):
     """aten.mkldnn_convolution (``nas3d_fast.nn.conv``'s CPU route) has no meta kernel: its output is
     that of the convolution it computes."""
-    return torch.ops.aten.convolution.default(x, weight, bias, stride, padding, dilation, False, [0] * len(stride), groups)
+    return torch.ops.aten.convolution.default(
+        x, weight, bias, stride, padding, dilation, False, [0] * len(stride), groups
+    )

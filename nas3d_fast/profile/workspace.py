@@ -2,8 +2,9 @@
 
 Only the convolutions hold enough to matter: the slow (im2col) paths build column buffers of
 C_in/groups x kernel volume x output voxels, and oneDNN reorders its output or gradient into a buffer
-of the same size (oneDNN pads channels to blocks of 8). The sizes below were read off the CPU allocator's events (torch.profiler memory
-events) of torch 2.x's kernels, per backend that ``torch._C._select_conv_backend`` picks:
+of the same size (oneDNN pads channels to blocks of 8). The sizes below were read off the CPU
+allocator's events (torch.profiler memory events) of torch 2.x's kernels, per backend that
+``torch._C._select_conv_backend`` picks:
 
 ==================  ===========================================  =========================================
 backend             forward (live with the output)               backward
@@ -15,6 +16,11 @@ Mkldnn              blocked input copy (channels a multiple of    blocked grad_o
                     8) + weight + blocked output, then the       gradient, then the blocked input gradient
                     blocked output beside the plain one          (or blocked grad_output + an input copy)
                                                                  beside the gradients
+Mkldnn, strided     (as above)                                   channels-last grad_output, weight, input
+                                                                 gradient and the strided kernel's
+                                                                 scratchpad (``_strided_scratchpad``),
+                                                                 then two input-sized copies beside the
+                                                                 gradients
 ==================  ===========================================  =========================================
 
 torch picks the backend from shapes, dtypes and the number of threads (oneDNN needs more than one
@@ -105,6 +111,15 @@ def _conv_backward(args, out) -> tuple[int, int]:
         return 0, _columns(x, weight, out_voxels, per_sample=False)
     if backend == "SlowDilated3d":
         return 0, _columns(x, weight, out_voxels, per_sample=True)
+    if backend == "Mkldnn" and any(s > 1 for s in stride) and all(d == 1 for d in dilation):
+        # oneDNN's strided brgemm kernel computes the input gradient channels-last: a channels-last
+        # grad_output copy, the weight, the input gradient and the kernel's scratchpad; then two
+        # input-sized copies beside the plain input gradient; the weight gradient (gemm) of a
+        # pointwise convolution reads a grad_output copy and an input-sized buffer
+        scratchpad = _strided_scratchpad(grad_out, x, weight, stride, padding)
+        before = _nbytes(grad_out) + _nbytes(weight) + _nbytes(x) + scratchpad
+        pointwise = all(k == 1 for k in weight.shape[2:])
+        return before, max(2 * _nbytes(x), (_nbytes(grad_out) + _nbytes(x)) if pointwise else 0)
     if backend == "Mkldnn":
         # blocked grad_output + weight + blocked input gradient; then the blocked input gradient is
         # copied to the plain one; the weight gradient reads a blocked grad_output (and, for outputs
@@ -114,6 +129,19 @@ def _conv_backward(args, out) -> tuple[int, int]:
         weight_pass = _blocked(grad_out) + (_nbytes(x) if grad_out.shape[1] % 8 else 0)
         return before, max(grad_in, weight_pass)
     return 0, 0
+
+
+def _strided_scratchpad(grad_out, x, weight, stride, padding) -> int:
+    """Bytes of the scratchpad of oneDNN's strided backward-data kernel (brgconv_strided): per
+    thread, grad_output copied into a buffer padded where the kernel overhangs the input (C_out x
+    odp x ohp x owp elements, rounded up to 4096), plus a few KiB of per-thread and shared
+    bookkeeping. Read off the allocator's events: exact for 1 and 2 threads."""
+    elements = grad_out.shape[1]
+    for o, i, k, s, p in zip(grad_out.shape[2:], x.shape[2:], weight.shape[2:], stride, padding):
+        far_pad = (o - 1) * s + k - i - p  # padding past the input's far edge
+        elements *= o + max(0, k - 1 - p) // s + max(0, k - 1 - far_pad) // s
+    per_thread = -(-elements // 4096) * 4096 * grad_out.element_size()
+    return torch.get_num_threads() * (per_thread + 8216) + 12288
 
 
 def _batch_norm_backward(args, out) -> tuple[int, int]:
