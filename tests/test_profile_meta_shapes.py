@@ -86,6 +86,19 @@ def test_sum_into_out():
     assert fast_output(aten.sum.IntList_out, (x, [2, 3, 4], True), {"out": meta(2, 6)}) is None  # would resize
 
 
+@pytest.mark.parametrize(
+    "func,extra",
+    [(aten.threshold_backward.grad_input, (0.0,)), (aten.leaky_relu_backward.grad_input, (0.01, False))],
+    ids=["threshold", "leaky_relu"],
+)
+def test_activation_backward_into_grad_input(func, extra):
+    grad, saved = meta(2, 6, 5, 4, 3), meta(2, 6, 5, 4, 3)
+    assert _check(func, grad, saved, *extra, grad_input=grad) is grad
+    assert fast_output(func, (grad, saved, *extra), {"grad_input": meta(2, 6)}) is None  # would resize
+    half = meta(2, 6, 5, 4, 3, dtype=torch.float16)
+    assert fast_output(func, (grad, saved, *extra), {"grad_input": half}) is None
+
+
 def test_no_answer_where_the_rule_does_not_hold():
     half = meta(2, 6, 5, 4, 3, dtype=torch.float16)
     transposed = meta(2, 6, 5, 4, 3).transpose(2, 4)

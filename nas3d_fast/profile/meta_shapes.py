@@ -87,6 +87,16 @@ def _in_place(args, kwargs):
     return args[0] if shape is not None and shape == args[0].shape else None
 
 
+def _into_grad_input(args, kwargs):
+    """An activation backward's ``.grad_input`` overload (``nas3d_fast.nn.mixed_edge`` writes the
+    gradient in place this way): ``grad_input`` itself when it has the operands' shape and dtype."""
+    out = kwargs.get("grad_input")
+    if kwargs.keys() != {"grad_input"} or not _plain_meta(out) or out.dtype != args[0].dtype:
+        return None
+    shape = _operands_shape(args, {})
+    return out if shape is not None and shape == out.shape else None
+
+
 def _copy(args, kwargs):
     dst, src = args[0], args[1]
     if kwargs.keys() - _ALLOWED_KWARGS or not _plain_meta(dst) or not isinstance(src, torch.Tensor):
@@ -292,6 +302,7 @@ _IN_PLACE = _overloads(
 RULES: dict[object, Callable] = {
     **dict.fromkeys(_OUT_OF_PLACE, _out_of_place),
     **dict.fromkeys(_IN_PLACE, _in_place),
+    **dict.fromkeys((aten.threshold_backward.grad_input, aten.leaky_relu_backward.grad_input), _into_grad_input),
     aten.copy_.default: _copy,
     aten.sum.dim_IntList: _reduction,
     aten.mean.dim: _reduction,
