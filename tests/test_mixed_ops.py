@@ -109,8 +109,9 @@ def km_inputs(dtype, device, contiguous=True, seed=0):
     for j, k in enumerate(KERNEL_SIZES):
         t = torch.randn(4, 3, *k, generator=g, dtype=torch.float64)
         inputs[f"k{j}"] = _leaf(t, dtype, device)
-        if not contiguous:
-            inputs[f"k{j}"] = inputs[f"k{j}"].detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_(True)
+        if not contiguous:  # channels and taps out of order, as composed P3D kernels arrive (permuted views)
+            k_strided = inputs[f"k{j}"].detach().permute(1, 0, 4, 2, 3).contiguous().permute(1, 0, 3, 4, 2)
+            inputs[f"k{j}"] = k_strided.requires_grad_(True)
     inputs["weights"] = _leaf(torch.randn(len(KERNEL_SIZES), generator=g, dtype=torch.float64), dtype, device)
     return inputs
 

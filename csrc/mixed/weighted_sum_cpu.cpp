@@ -27,6 +27,23 @@ std::vector<at::Tensor> contiguous_all(at::TensorList xs) {
   return out;
 }
 
+// A kernel (O, I, k0, k1, k2) read in place whatever its strides: the composed P3D kernels arrive as
+// permuted views, and copying each to contiguous memory cost more than the merge itself (three
+// copies per kernel per training step: forward, backward, and the forward recomputed in backward).
+struct KernelView {
+  int64_t in_channels, out_stride, in_stride;
+  std::vector<int64_t> tap;  // offset of each (k0, k1, k2) tap, row-major
+  int64_t row(int64_t r) const { return (r / in_channels) * out_stride + (r % in_channels) * in_stride; }
+};
+
+KernelView view_of(const at::Tensor& k) {
+  KernelView v{k.size(1), k.stride(0), k.stride(1), {}};
+  for (int64_t a = 0; a < k.size(2); ++a)
+    for (int64_t b = 0; b < k.size(3); ++b)
+      for (int64_t c = 0; c < k.size(4); ++c) v.tap.push_back(a * k.stride(2) + b * k.stride(3) + c * k.stride(4));
+  return v;
+}
+
 template <typename T>
 std::vector<const T*> pointers(const std::vector<at::Tensor>& xs) {
   std::vector<const T*> p;
@@ -102,7 +119,8 @@ std::vector<int64_t> landing(const Box& box, const int64_t* k) {
 
 at::Tensor kernel_merge_cpu(at::TensorList kernels_in, const at::Tensor& weights_in, at::IntArrayRef size) {
   const auto ks = check_kernel_args(kernels_in, weights_in, size);
-  const auto kernels = contiguous_all(kernels_in);
+  const bool in_place = kernels_in[0].scalar_type() == at::kFloat || kernels_in[0].scalar_type() == at::kDouble;
+  const auto kernels = in_place ? kernels_in.vec() : contiguous_all(kernels_in);
   const at::Tensor weights = weights_in.contiguous();
   const Box box{size[0], size[1], size[2]};
   at::Tensor out = at::empty({kernels[0].size(0), kernels[0].size(1), size[0], size[1], size[2]}, weights.options());
@@ -117,17 +135,22 @@ at::Tensor kernel_merge_cpu(at::TensorList kernels_in, const at::Tensor& weights
       // Row by row, kernel after kernel: each element gets 0 + w0 k0 + w1 k1 + ... in merge_at's order,
       // without its per-element index arithmetic (a 256-channel merge is 1.8 M elements per kernel).
       std::vector<std::vector<int64_t>> tables;
-      for (int64_t j = 0; j < K; ++j) tables.push_back(landing(box, ks.data() + 3 * j));
+      std::vector<KernelView> views;
+      for (int64_t j = 0; j < K; ++j) {
+        tables.push_back(landing(box, ks.data() + 3 * j));
+        views.push_back(view_of(kernels[j]));
+      }
       at::parallel_for(0, rows, std::max<int64_t>(1, kElementsPerTask / vol), [&](int64_t begin, int64_t end) {
         std::fill(o + begin * vol, o + end * vol, acc(0));
         for (int64_t j = 0; j < K; ++j) {
           const int64_t kv = static_cast<int64_t>(tables[j].size());
           const int64_t* t = tables[j].data();
+          const int64_t* tap = views[j].tap.data();
           const scalar_t wj = w[j];
           for (int64_t r = begin; r < end; ++r) {
-            const scalar_t* kr = p[j] + r * kv;
+            const scalar_t* kr = p[j] + views[j].row(r);
             scalar_t* orow = o + r * vol;
-            for (int64_t q = 0; q < kv; ++q) orow[t[q]] += wj * kr[q];
+            for (int64_t q = 0; q < kv; ++q) orow[t[q]] += wj * kr[tap[q]];
           }
         }
       });
@@ -146,7 +169,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> kernel_merge_backward_cpu(const 
   TORCH_CHECK_VALUE(grad_in.dim() == 5, "kernel_merge_backward: grad must have 5 dimensions, got ", grad_in.sizes());
   const auto ks = check_kernel_args(kernels_in, weights_in, grad_in.sizes().slice(2));
   NAS3D_CHECK_SAME_DTYPE(weights_in, grad_in, "weights", "grad");
-  const auto kernels = contiguous_all(kernels_in);
+  const auto kernels = kernels_in.vec();  // read in place (KernelView)
   const at::Tensor grad = grad_in.contiguous();
   const at::Tensor weights = weights_in.contiguous();
   const Box box{grad.size(2), grad.size(3), grad.size(4)};
@@ -167,6 +190,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> kernel_merge_backward_cpu(const 
     for (int64_t j = 0; j < K; ++j) {
       const auto table = landing(box, ks.data() + 3 * j);
       const int64_t kv = static_cast<int64_t>(table.size());
+      const KernelView view = view_of(kernels[j]);
       const scalar_t* kp = kernels[j].const_data_ptr<scalar_t>();
       scalar_t* gkp = grad_kernels[j].mutable_data_ptr<scalar_t>();
       const double wj = static_cast<double>(w[j]);
@@ -178,7 +202,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> kernel_merge_backward_cpu(const 
             for (int64_t q = 0; q < kv; ++q) {
               const double ge = static_cast<double>(g[r * vol + table[q]]);
               gkp[r * kv + q] = static_cast<scalar_t>(wj * ge);
-              dot += ge * static_cast<double>(kp[r * kv + q]);
+              dot += ge * static_cast<double>(kp[view.row(r) + view.tap[q]]);
             }
           }
           partial[j * blocks + b] = dot;
