@@ -132,3 +132,44 @@ def test_cuda_prediction_against_max_memory_allocated():
     predicted = predict_training_memory(model, shape, batch_size=2, num_classes=3, target="cuda")
     measured = measure_training_memory(copy.deepcopy(model), shape, batch_size=2, num_classes=3, device="cuda")
     assert abs(predicted.peak_bytes - measured.peak_bytes) / measured.peak_bytes < 0.10, (predicted, measured)
+
+
+class _DintsSupernet(nn.Module):
+    """A small dints supernet with its architecture logits, dense weights as DiNTS trains it."""
+
+    def __init__(self, norm: str):
+        super().__init__()
+        from nas3d_fast import spaces
+
+        space = spaces.get("dints", num_blocks=2, num_depths=3, channel_mul=0.25, p3d=True)
+        self.net = space.supernet(1, 2, norm=norm)
+        shapes = self.net.arch_shapes()
+        self.paths = nn.Parameter(torch.zeros(shapes["paths"]))
+        self.ops = nn.Parameter(torch.zeros(shapes["ops"]))
+
+    def forward(self, x):
+        return self.net(x, {"paths": self.paths.softmax(-1), "ops": self.ops.softmax(-1)})
+
+
+@pytest.mark.parametrize("norm", ["shared", "per_op"])
+def test_dints_supernet_prediction_matches_cpu_measurement(norm):
+    torch.manual_seed(0)
+    model = _DintsSupernet(norm)
+    shape = (1, 32, 32, 32)
+    predicted = predict_training_memory(model, shape, batch_size=1, num_classes=2, target="cpu")
+    measured = measure_training_memory(copy.deepcopy(model), shape, batch_size=1, num_classes=2, device="cpu")
+    assert abs(predicted.peak_bytes - measured.peak_bytes) / measured.peak_bytes < 0.02, (predicted, measured)
+
+
+def test_forward_reading_tensor_values_is_refused_clearly():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv3d(1, 2, 1)
+
+        def forward(self, x):
+            keep = (self.conv.weight.flatten() > 0).tolist()  # values a meta tensor does not have
+            return self.conv(x)[:, [i for i, k in enumerate(keep) if k or i == 0]]
+
+    with pytest.raises(ValueError, match="reads tensor values"):
+        predict_training_memory(Branchy(), (1, 4, 4, 4), batch_size=1, num_classes=2, target="cpu")

@@ -94,7 +94,16 @@ def trace_training(
         tracker.set_phase("inputs")
         x = torch.empty(batch_size, *shape, device="meta")
         y = torch.empty(batch_size, *shape[1:], dtype=torch.int64, device="meta")
-        training_step(forward, opt, loss_fn, x, y, amp, "cpu", phase=phase)
+        try:
+            training_step(forward, opt, loss_fn, x, y, amp, "cpu", phase=phase)
+        except NotImplementedError as exc:
+            if "meta tensor" not in str(exc):
+                raise
+            raise ValueError(
+                "the model's forward reads tensor values (.item(), .tolist(), a branch on a tensor), "
+                "which a prediction on meta tensors cannot follow; make that choice from Python values, "
+                "or use measure_training_memory"
+            ) from exc
     tracker.close()
     return tracker
 

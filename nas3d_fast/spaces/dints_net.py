@@ -332,7 +332,10 @@ class DintsSupernet(Supernet):
         E = lay.num_edges
         inputs = stems.down(x, [True] * lay.num_depths)
         shapes = [t.shape for t in inputs]
-        nonzero = (path_w != 0).tolist()  # one host sync: which last-layer scales are active
+        # One host sync: which last-layer scales are active. Meta tensors (a memory prediction's trace)
+        # hold no values: every scale counts as active, the larger network (dense weights, softmax
+        # and sigmoid, are never exactly zero anyway).
+        nonzero = [True] * len(path_w) if path_w.device.type == "meta" else (path_w != 0).tolist()
         for layer in range(lay.num_blocks):
             outputs: list[torch.Tensor | None] = [None] * lay.num_depths
             for e in range(E):
