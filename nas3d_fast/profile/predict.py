@@ -100,9 +100,9 @@ def trace_training(
             if "meta tensor" not in str(exc):
                 raise
             raise ValueError(
-                "the model's forward reads tensor values (.item(), .tolist(), a branch on a tensor), "
+                "the model's forward copies tensor values to the host (.tolist(), .cpu(), .numpy()), "
                 "which a prediction on meta tensors cannot follow; make that choice from Python values, "
-                "or use measure_training_memory"
+                "or use measure_training_memory (.item() gets a placeholder, 1 or True, instead)"
             ) from exc
     tracker.close()
     return tracker
