@@ -151,6 +151,35 @@ def test_no_candidate_output_is_saved_for_backward(norm):
     assert dense >= len(edge.ops)
 
 
+def test_per_op_backward_reuses_the_forward_norm_statistics():
+    """The per_op backward recomputes each candidate, but not its instance-norm statistics: one
+    var_mean per normalised candidate in forward and backward together, and a retained graph's second
+    backward (which replays them again) gives the same gradients."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    edge = _edge(4, 4, "per_op", 1)
+    x, w = _inputs(edge)
+    normed = len(edge.norms)
+
+    class CountVarMean(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            CountVarMean.calls += func is torch.ops.aten.var_mean.correction
+            return func(*args, **(kwargs or {}))
+
+    leaves = [x, w, *edge.parameters()]
+    cot = torch.randn(2, 4, 7, 6, 9, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with CountVarMean():
+        out = edge(x, w)
+        first = torch.autograd.grad(out, leaves, cot, retain_graph=True)
+    assert CountVarMean.calls == normed
+    second = torch.autograd.grad(out, leaves, cot)
+    _assert_grads_close(second, first, rtol=0, atol=0)
+    want = torch.autograd.grad(eager(edge, x, w), leaves, cot, allow_unused=True)
+    _assert_grads_close(first, want, rtol=1e-9, atol=1e-9)
+
+
 def test_coarse_wide_scale_runs_p3d_unmerged():
     """Where composing a P3D kernel costs more than running the pair (few voxels, many channels) the
     shared edge runs the pair on the recompute path; the result still equals the eager edge."""

@@ -34,7 +34,7 @@ from .. import ops
 from ..ops.mixed import weight_grads
 from .candidates import Candidate, make_candidate, out_size
 from .conv import conv3d, conv3d_grads
-from .norm import InstanceNorm3d
+from .norm import InstanceNorm3d, record_statistics, replay_statistics
 
 NORMS = ("shared", "per_op")
 LEAKY_SLOPE = 0.01
@@ -227,14 +227,18 @@ def _releasable(fn: nn.Module) -> bool:
 class _RecomputeSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fns, act, x, w, base, *params):
+        stats: list[list] = []  # per candidate, its instance norms' statistics, for the recomputation
         with torch.no_grad():
             a = activation(x, act) if act else x
             out = base
             for j, fn in enumerate(fns):
-                y = fn(a)
+                stats.append([])
+                with record_statistics(stats[-1]):
+                    y = fn(a)
                 out = y.mul(w[j]) if out is None else out.addcmul_(y, w[j])
                 del y  # the candidate's output goes before the next one is computed
             del a
+        ctx.stats = stats
         if base is not None:
             ctx.mark_dirty(base)
         ctx.fns, ctx.act, ctx.has_base = fns, act, base is not None
@@ -257,7 +261,7 @@ class _RecomputeSum(torch.autograd.Function):
         for j, (fn, names) in enumerate(zip(ctx.fns, ctx.names)):
             params = [p.detach().requires_grad_() for p in saved_params[first : first + len(names)]]
             first += len(names)
-            with torch.enable_grad():
+            with torch.enable_grad(), replay_statistics(ctx.stats[j]):
                 leaf = a.detach().requires_grad_(need_x)
                 y = torch.func.functional_call(fn, dict(zip(names, params)), (leaf,))
             if need_w:

@@ -6,13 +6,51 @@ which on a supernet edge is one activation too many."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
+_STATS: contextvars.ContextVar[tuple[str, object] | None] = contextvars.ContextVar("nas3d_norm_stats", default=None)
+
+
+@contextlib.contextmanager
+def record_statistics(log: list) -> Iterator[None]:
+    """Within it, every InstanceNorm3d forward appends its statistics (mean, rstd) to ``log``."""
+    token = _STATS.set(("record", log))
+    try:
+        yield
+    finally:
+        _STATS.reset(token)
+
+
+@contextlib.contextmanager
+def replay_statistics(log: list) -> Iterator[None]:
+    """Within it, InstanceNorm3d forwards take their statistics from ``log`` in order (as
+    ``record_statistics`` filled it) instead of reducing their input. A forward recomputed in backward
+    on the same input and parameters (``MixedEdge3d``'s per_op edges) thereby skips the statistics
+    pass, a full read of each candidate's output. ``log`` is not consumed (a retained graph may run
+    its backward again); entries whose shape does not fit the input are not used."""
+    token = _STATS.set(("replay", iter(log)))
+    try:
+        yield
+    finally:
+        _STATS.reset(token)
+
 
 def _stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    mode = _STATS.get()
+    if mode is not None and mode[0] == "replay":
+        logged = next(mode[1], None)
+        if logged is not None and logged[0].shape == (*x.shape[:2], 1, 1, 1) and logged[0].dtype == x.dtype:
+            return logged
     var, mean = torch.var_mean(x, dim=(2, 3, 4), unbiased=False, keepdim=True)
-    return mean, torch.rsqrt(var + eps)
+    stats = mean, torch.rsqrt(var + eps)
+    if mode is not None and mode[0] == "record":
+        mode[1].append(stats)
+    return stats
 
 
 class _InstanceNorm(torch.autograd.Function):
