@@ -28,8 +28,8 @@ std::vector<at::Tensor> contiguous_all(at::TensorList xs) {
 }
 
 // A kernel (O, I, k0, k1, k2) read in place whatever its strides: the composed P3D kernels arrive as
-// permuted views, and copying each to contiguous memory cost more than the merge itself (three
-// copies per kernel per training step: forward, backward, and the forward recomputed in backward).
+// permuted views, and copying each to contiguous memory took three allocations per kernel per
+// training step (forward, backward, and the forward recomputed in backward).
 struct KernelView {
   int64_t in_channels, out_stride, in_stride;
   std::vector<int64_t> tap;  // offset of each (k0, k1, k2) tap, row-major

@@ -111,7 +111,7 @@ def _conv_backward(args, out) -> tuple[int, int]:
         return 0, _columns(x, weight, out_voxels, per_sample=False)
     if backend == "SlowDilated3d":
         return 0, _columns(x, weight, out_voxels, per_sample=True)
-    if backend == "Mkldnn" and any(s > 1 for s in stride) and all(d == 1 for d in dilation):
+    if backend == "Mkldnn" and not transposed and any(s > 1 for s in stride) and all(d == 1 for d in dilation):
         # oneDNN's strided brgemm kernel computes the input gradient channels-last: a channels-last
         # grad_output copy, the weight, the input gradient and the kernel's scratchpad; then two
         # input-sized copies beside the plain input gradient; the weight gradient (gemm) of a
