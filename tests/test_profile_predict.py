@@ -142,11 +142,10 @@ class _Supernet(nn.Module):
     def __init__(self, net):
         super().__init__()
         self.net = net
-        self.groups = list(net.arch_shapes())
         self.logits = nn.ParameterDict({k: nn.Parameter(torch.zeros(s)) for k, s in net.arch_shapes().items()})
 
     def forward(self, x):
-        return self.net(x, {k: self.logits[k].softmax(-1) for k in self.groups})
+        return self.net(x, {k: logits.softmax(-1) for k, logits in self.logits.items()})
 
 
 SUPERNETS = {

@@ -9,6 +9,7 @@ whenever a case is not certain to match (the tracer then runs the meta kernel):
 - elementwise ops (out of place: a new contiguous tensor of the broadcast shape; in place: the first
   argument) when every tensor argument is contiguous and, apart from 0-dimensional CPU tensors
   (wrapped Python numbers), a floating meta tensor of the first one's dtype (no type promotion);
+- activation backwards written into ``grad_input`` (``.grad_input`` overloads) of the right shape;
 - sum/mean over dimensions (sum also into an ``out`` of the right shape), var_mean, ``*_like``
   factories, trilinear upsampling;
 - convolution and its backward (the meta kernels' shape formula and memory format);
