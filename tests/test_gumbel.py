@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
 
 import pytest
 import torch
@@ -272,3 +277,56 @@ def test_eager_fast_path_refuses_bad_values():
     masked[7] = float("-inf")
     with pytest.raises(ValueError, match="one finite entry in every row"):
         gumbel_topk(masked, TAU)
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in bad_inputs("cpu") if "noise" not in c[0] and c[0] not in ("nan", "row of -inf")]
+)
+def test_eager_fast_path_refuses_bad_arguments(case):
+    """The fast path leaves argument checks to the kernel: it must refuse what the Python checks refuse,
+    with the same ValueError, before drawing from the generator."""
+    _needs_compiled_cpu()
+    _, inputs, exc, match = case
+    inputs = {name: value for name, value in inputs.items() if name != "noise"}
+    state = torch.get_rng_state()
+    with pytest.raises(exc, match=match):
+        gumbel_topk(**inputs)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_scalar_log_path_equals_vectorised():
+    """The cpu kernels take log(-log(u)) through SLEEF's AVX2 routines where the CPU has them and through
+    std::log otherwise (forced here with ATEN_CPU_CAPABILITY=default): both agree to rounding, forward
+    and straight-through backward, in float32 and float64."""
+    _needs_compiled_cpu()
+    script = textwrap.dedent(
+        """
+        import sys, torch
+        import nas3d_fast  # noqa: F401
+        out = {}
+        for dtype in (torch.float32, torch.float64):
+            gen = torch.Generator().manual_seed(3)
+            logits = torch.randn(61, 9, generator=gen, dtype=dtype)
+            noise = torch.rand(61, 9, generator=gen, dtype=dtype).clamp(1e-6, 1 - 1e-6)
+            cot = torch.randn(61, 9, generator=gen, dtype=dtype)
+            w, idx = torch.ops.nas3d.gumbel_topk(logits, noise, 0.3, 1, True)
+            g = torch.ops.nas3d.gumbel_topk_backward(cot, logits, noise, w, 0.3, True)
+            w2, idx2 = torch.ops.nas3d.gumbel_topk(logits, noise, 0.3, 2, False)
+            out[str(dtype)] = (idx, g, w2, idx2)
+        torch.save(out, sys.argv[1])
+        """
+    )
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for capability in ("default", ""):
+            path = os.path.join(tmp, f"{capability or 'native'}.pt")
+            env = {name: value for name, value in os.environ.items() if name != "ATEN_CPU_CAPABILITY"}
+            if capability:
+                env["ATEN_CPU_CAPABILITY"] = capability
+            subprocess.run([sys.executable, "-c", script, path], check=True, env=env)
+            results[capability] = torch.load(path)
+    for dtype, (idx, g, w2, idx2) in results["default"].items():
+        idx_v, g_v, w2_v, idx2_v = results[""][dtype]
+        assert torch.equal(idx, idx_v) and torch.equal(idx2, idx2_v), dtype
+        torch.testing.assert_close(g, g_v, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(w2, w2_v, rtol=1e-5, atol=1e-6)

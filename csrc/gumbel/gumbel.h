@@ -25,13 +25,15 @@ NAS3D_HOST_DEVICE acc gumbel_from_uniform(acc u) {
 // One row of the forward: writes the contiguous weights row (K) and indices row (k in {1, 2}, k <= K).
 template <typename acc, typename scalar_t, typename ZAt>
 NAS3D_HOST_DEVICE void forward_row(ZAt z_at, int64_t K, int64_t k, scalar_t* weights, int64_t* indices) {
-  // Top-2 by z with strict comparisons (the lower index wins ties), written with selects rather than
-  // branches: on random logits the branches are unpredictable (CPU) or divergent (GPU warps).
+  // Top-2 by z with strict comparisons (the lower index wins ties). On random logits a branch per
+  // entry is unpredictable (CPU) or divergent (GPU warps), and compilers turn plain selects back into
+  // branches (skip the entry when z <= z2), so the values go through min/max selects and the indices
+  // through bit masks.
   acc z1 = z_at(0);
   int64_t i1 = 0;
   acc z2 = z1;
   int64_t i2 = 0;
-  if (K > 1) {
+  if (K > 1) {  // the second entry is the runner-up whatever its value (-inf included)
     const acc z = z_at(1);
     const bool first = z > z1;
     z2 = first ? z1 : z;
@@ -41,12 +43,13 @@ NAS3D_HOST_DEVICE void forward_row(ZAt z_at, int64_t K, int64_t k, scalar_t* wei
   }
   for (int64_t j = 2; j < K; ++j) {
     const acc z = z_at(j);
-    const bool gt1 = z > z1;
-    const bool gt2 = z > z2;
-    z2 = gt1 ? z1 : (gt2 ? z : z2);
-    i2 = gt1 ? i1 : (gt2 ? j : i2);
-    z1 = gt1 ? z : z1;
-    i1 = gt1 ? j : i1;
+    const int64_t above1 = -static_cast<int64_t>(z > z1);  // all ones when z takes first place
+    const int64_t above2 = -static_cast<int64_t>(z > z2);  // all ones when z beats the second
+    i2 = (above1 & i1) | (~above1 & ((above2 & j) | (~above2 & i2)));
+    i1 = (above1 & j) | (~above1 & i1);
+    const acc low = z < z1 ? z : z1;  // new second: max(z2, min(z, z1))
+    z2 = low > z2 ? low : z2;
+    z1 = z > z1 ? z : z1;
   }
   for (int64_t j = 0; j < K; ++j) weights[j] = static_cast<scalar_t>(0);
   indices[0] = i1;
@@ -56,9 +59,9 @@ NAS3D_HOST_DEVICE void forward_row(ZAt z_at, int64_t K, int64_t k, scalar_t* wei
   }
   indices[1] = i2;
   const acc e = math_exp(z2 - z1);  // <= 1, so no overflow
-  const acc s = static_cast<acc>(1) + e;
-  weights[i1] = static_cast<scalar_t>(static_cast<acc>(1) / s);
-  weights[i2] = static_cast<scalar_t>(e / s);
+  const acc inv_sum = static_cast<acc>(1) / (static_cast<acc>(1) + e);  // one division per row, not two
+  weights[i1] = static_cast<scalar_t>(inv_sum);
+  weights[i2] = static_cast<scalar_t>(e * inv_sum);
 }
 
 // One row of the backward with p = weights (soft): grad_at(j) and p_at(j) read the strided rows.

@@ -80,8 +80,7 @@ std::tuple<at::Tensor, at::Tensor> gumbel_topk_cuda(const at::Tensor& logits, co
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_sample_cuda(const at::Tensor& logits, double tau,
                                                                        int64_t k, bool hard,
                                                                        std::optional<at::Generator> generator) {
-  NAS3D_CHECK_DIM(logits, "logits", 2);
-  NAS3D_CHECK_FLOATING(logits, "logits");
+  check_sampling_args(logits, tau, k, hard);
   const c10::cuda::CUDAGuard guard(logits.device());
   // torch.rand's Philox stream; exact zeros are lifted to the smallest normal so g stays finite.
   at::Tensor noise = at::rand(logits.sizes(), generator, logits.options());

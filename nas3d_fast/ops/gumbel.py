@@ -49,6 +49,19 @@ def gumbel_topk(
             differentiable with respect to logits.
         indices: (E, k) int64, the chosen ops of each row, the larger weight first.
     """
+    if (  # the common training call on a CPU tensor: straight to the kernel, which validates everything
+        noise is None
+        and generator is None
+        and type(logits) is torch.Tensor
+        and type(tau) is float
+        and type(k) is int
+        and type(hard) is bool
+        and _SAMPLE_PAIR is not None
+        and logits.is_cpu
+        and dispatch.get_backend() is None
+        and _eager_plain(logits)
+    ):
+        return _SAMPLE_PAIR(logits, tau, k, hard)
     check_tensor(logits, "logits", dim=2)
     E, K = logits.shape
     if K < 1:
@@ -72,8 +85,6 @@ def gumbel_topk(
     if noise is not None:
         return _IMPLS[backend](logits, noise, float(tau), int(k), bool(hard))
     if backend in ("cpu", "cuda"):  # the kernel draws the noise itself: one op, no extra pass
-        if generator is None and _SAMPLE_PAIR is not None and _eager_plain(logits):
-            return _SAMPLE_PAIR(logits, float(tau), int(k), bool(hard))
         weights, indices, _ = _SAMPLE(logits, float(tau), int(k), bool(hard), generator)
         return weights, indices
     return _IMPLS[backend](logits, uniform_noise(logits, generator), float(tau), int(k), bool(hard))
@@ -81,14 +92,13 @@ def gumbel_topk(
 
 def _eager_plain(logits: torch.Tensor) -> bool:
     """True when ``_SAMPLE_PAIR`` (a direct binding of the same op, which reaches the same dispatcher,
-    autograd included) may stand in for torch.ops: a plain tensor, no __torch_function__ mode, not
-    being traced by torch.compile (which sees only torch.ops calls), not a meta tensor."""
-    return (
-        type(logits) is torch.Tensor
-        and not logits.is_meta
-        and not torch._C._is_torch_function_mode_enabled()
-        and not torch.compiler.is_compiling()
-    )
+    autograd included) may stand in for torch.ops: no __torch_function__ mode, not being traced by
+    torch.compile (which sees only torch.ops calls). The caller has checked that logits is a plain CPU
+    tensor."""
+    return not _torch_function_mode_enabled() and not torch.compiler.is_compiling()
+
+
+_torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
 
 
 def _check_values(logits: torch.Tensor, noise: torch.Tensor | None) -> None:
@@ -135,6 +145,7 @@ def _fake_backward(grad_weights, logits, noise, weights, tau, hard):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
+_SAMPLE_PAIR = None  # set below when _C loads
 if _extension.available():  # autograd of the compiled op is registered in C++ (csrc/gumbel/gumbel_autograd.cpp)
     # The overloads themselves: calling them skips the packet's overload resolution on every step.
     _FORWARD = torch.ops.nas3d.gumbel_topk.default
