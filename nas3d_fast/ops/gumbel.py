@@ -85,6 +85,9 @@ def gumbel_topk(
     if noise is not None:
         return _IMPLS[backend](logits, noise, float(tau), int(k), bool(hard))
     if backend in ("cpu", "cuda"):  # the kernel draws the noise itself: one op, no extra pass
+        plain = type(logits) is torch.Tensor and not logits.is_meta
+        if generator is None and _SAMPLE_PAIR is not None and plain and _eager_plain(logits):
+            return _SAMPLE_PAIR(logits, float(tau), int(k), bool(hard))  # values were checked above
         weights, indices, _ = _SAMPLE(logits, float(tau), int(k), bool(hard), generator)
         return weights, indices
     return _IMPLS[backend](logits, uniform_noise(logits, generator), float(tau), int(k), bool(hard))
@@ -93,8 +96,8 @@ def gumbel_topk(
 def _eager_plain(logits: torch.Tensor) -> bool:
     """True when ``_SAMPLE_PAIR`` (a direct binding of the same op, which reaches the same dispatcher,
     autograd included) may stand in for torch.ops: no __torch_function__ mode, not being traced by
-    torch.compile (which sees only torch.ops calls). The caller has checked that logits is a plain CPU
-    tensor."""
+    torch.compile (which sees only torch.ops calls). The caller has checked that logits is a plain
+    tensor (not a subclass, so not fake either)."""
     return not _torch_function_mode_enabled() and not torch.compiler.is_compiling()
 
 
