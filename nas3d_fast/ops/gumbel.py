@@ -85,8 +85,7 @@ def gumbel_topk(
     if noise is not None:
         return _IMPLS[backend](logits, noise, float(tau), int(k), bool(hard))
     if backend in ("cpu", "cuda"):  # the kernel draws the noise itself: one op, no extra pass
-        plain = type(logits) is torch.Tensor and not logits.is_meta
-        if generator is None and _SAMPLE_PAIR is not None and plain and _eager_plain(logits):
+        if generator is None and _SAMPLE_PAIR is not None and _eager_plain(logits):
             return _SAMPLE_PAIR(logits, float(tau), int(k), bool(hard))  # values were checked above
         weights, indices, _ = _SAMPLE(logits, float(tau), int(k), bool(hard), generator)
         return weights, indices
@@ -95,10 +94,15 @@ def gumbel_topk(
 
 def _eager_plain(logits: torch.Tensor) -> bool:
     """True when ``_SAMPLE_PAIR`` (a direct binding of the same op, which reaches the same dispatcher,
-    autograd included) may stand in for torch.ops: no __torch_function__ mode, not being traced by
-    torch.compile (which sees only torch.ops calls). The caller has checked that logits is a plain
-    tensor (not a subclass, so not fake either)."""
-    return not _torch_function_mode_enabled() and not torch.compiler.is_compiling()
+    autograd included) may stand in for torch.ops: a plain tensor (not fake or another subclass), not
+    a meta tensor, no __torch_function__ mode, not being traced by torch.compile (which sees only
+    torch.ops calls)."""
+    return (
+        type(logits) is torch.Tensor
+        and not logits.is_meta
+        and not _torch_function_mode_enabled()
+        and not torch.compiler.is_compiling()
+    )
 
 
 _torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
