@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nas3d_fast.nn.conv import Conv3d, conv3d, takes_slow_path
+from nas3d_fast.nn.conv import Conv3d, conv3d, is_pointwise, takes_slow_path
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 
@@ -80,3 +80,55 @@ def test_meta_as_cpu_follows_the_cpu_route():
     with meta_as_cpu():
         assert takes_slow_path(x, w)
     assert not takes_slow_path(x, w)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [((1, 8, 9, 7, 5), torch.float32), ((3, 5, 4, 6, 7), torch.float32), ((2, 4, 3, 5, 4), torch.float64)],
+)
+def test_pointwise_equals_f_conv3d(shape, dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, dtype=dtype).requires_grad_()
+    w = torch.randn(6, shape[1], 1, 1, 1, generator=g, dtype=dtype).requires_grad_()
+    assert is_pointwise(x, w, 1, 0)
+    got, want = conv3d(x, w), F.conv3d(x, w)
+    assert got.grad_fn.name() == "_PointwiseConv3dBackward"
+    torch.testing.assert_close(got, want)
+    cot = torch.randn(want.shape, generator=g, dtype=dtype)
+    for a, b in zip(torch.autograd.grad(got, (x, w), cot), torch.autograd.grad(want, (x, w), cot)):
+        torch.testing.assert_close(a, b)
+
+
+def test_pointwise_gradcheck_and_layouts():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 3, 4, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, 1, 1, 1, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(conv3d, (x, w))
+    # channels-last input and a non-contiguous gradient; only one of the two gradients wanted
+    xc = x.detach().float().contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    wf = w.detach().float()
+    cot = torch.randn(2, 3, 5, 4, 2, generator=g).transpose(1, 2)
+    (gx,) = torch.autograd.grad(conv3d(xc, wf), xc, cot)
+    torch.testing.assert_close(gx, torch.autograd.grad(F.conv3d(xc, wf), xc, cot)[0])
+    wr = wf.clone().requires_grad_()
+    (gw,) = torch.autograd.grad(conv3d(xc.detach(), wr), wr, cot)
+    torch.testing.assert_close(gw, torch.autograd.grad(F.conv3d(xc.detach(), wr), wr, cot)[0])
+
+
+def test_pointwise_route_only_where_it_is_a_matrix_product():
+    x, w = torch.randn(1, 4, 6, 6, 6), torch.randn(3, 4, 1, 1, 1)
+    assert is_pointwise(x, w, 1, 0) and is_pointwise(x, w, (1, 1, 1), (0, 0, 0))
+    assert not is_pointwise(x, w, 2, 0)  # strided
+    assert not is_pointwise(x, w, 1, 1)  # padded
+    assert not is_pointwise(x, torch.randn(3, 4, 3, 3, 3), 1, 0)
+    assert not is_pointwise(x.half(), w.half(), 1, 0)
+    assert not is_pointwise(x, w.double(), 1, 0)
+    assert not is_pointwise(x.to("meta"), w.to("meta"), 1, 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not is_pointwise(x, w, 1, 0)
+    from nas3d_fast.nn.conv import meta_as_cpu
+
+    with meta_as_cpu():
+        out = conv3d(x.to("meta"), w.to("meta"))
+    assert out.shape == (1, 3, 6, 6, 6) and out.device.type == "meta"
+    torch.testing.assert_close(conv3d(x, w, 2, 0), F.conv3d(x, w, stride=2))  # torch's route

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
@@ -197,7 +196,7 @@ class SepDil(Candidate):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = ops.depthwise_conv3(x, self.depthwise, self.stride, self.dilation)
-        return F.conv3d(y, self.pointwise)
+        return conv3d(y, self.pointwise)
 
 
 def _eye_kernel(channels: int, size: tuple[int, int, int], like: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,12 @@ calls oneDNN directly:
   (each with the kernel's halo) and stacked as a batch of 2, which torch itself sends to oneDNN.
   The rest of the backward of strided convolutions is torch's own.
 
+A 1x1x1, stride 1, unpadded convolution on CPU (``is_pointwise``) is a matrix product per sample,
+(C_out, C_in) @ (C_in, voxels), and runs as one (``_PointwiseConv3d``): oneDNN would copy the volume,
+its output and, in backward, its gradients into blocked layouts, two extra volume-sized buffers at the
+backward's peak (the depthwise-separable candidates of ``python -m benchmarks.run mixed_edge`` end
+in one).
+
 Elsewhere (CUDA, meta and fake tensors (but see ``meta_as_cpu``), other dtypes, batches torch already routes to oneDNN, 1x1x1
 kernels, groups or dilation) it is ``F.conv3d``. Results equal ``F.conv3d`` to float32 rounding.
 """
@@ -75,12 +81,35 @@ def takes_slow_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
+def is_pointwise(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> bool:
+    """Whether ``conv3d`` runs this convolution as matrix products: a 1x1x1 kernel, stride 1, no
+    padding, plain float32 or float64 CPU tensors of one dtype (meta ones within ``meta_as_cpu``),
+    outside CPU autocast (which would run F.conv3d in lower precision)."""
+    return (
+        (x.device.type == "cpu" or (x.device.type == "meta" and _META_AS_CPU.get()))
+        and weight.device == x.device
+        and x.dim() == 5
+        and weight.dim() == 5
+        and tuple(weight.shape[2:]) == (1, 1, 1)
+        and x.shape[1] == weight.shape[1]
+        and _triple(stride) == (1, 1, 1)
+        and _triple(padding) == (0, 0, 0)
+        and type(x) in _PLAIN
+        and type(weight) in _PLAIN
+        and x.dtype in (torch.float32, torch.float64)
+        and weight.dtype == x.dtype
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
 def conv3d(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0) -> torch.Tensor:
     """``F.conv3d(x, weight, None, stride, padding)`` (groups 1, dilation 1, no bias).
 
     x (N, C_in, X, Y, Z), weight (C_out, C_in, kx, ky, kz); returns (N, C_out, X', Y', Z').
     """
     stride, padding = _triple(stride), _triple(padding)
+    if is_pointwise(x, weight, stride, padding):
+        return _PointwiseConv3d.apply(x, weight)
     if takes_slow_path(x, weight):
         return _OneDnnConv3d.apply(x, weight, stride, padding)
     return F.conv3d(x, weight, stride=stride, padding=padding)
@@ -167,6 +196,42 @@ class _OneDnnConv3d(torch.autograd.Function):
             x, weight, grad, ctx.stride, ctx.padding, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         )
         return grad_x, grad_w, None, None
+
+
+def _per_sample_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[n] = a @ b[n] for (M, K) a, (N, K, V) b and (N, M, V) out; returns out."""
+    for n in range(b.shape[0]):
+        torch.mm(a, b[n], out=out[n])
+    return out
+
+
+class _PointwiseConv3d(torch.autograd.Function):
+    """y[n] = W @ x[n] on (C, voxels) views; backward dx[n] = W^T @ dy[n], dW = sum_n dy[n] @ x[n]^T."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        n, c_in, *size = x.shape
+        w = weight.reshape(weight.shape[0], c_in)
+        flat = x.contiguous().view(n, c_in, -1)
+        ctx.save_for_backward(flat, weight)
+        return _per_sample_mm(w, flat, x.new_empty(n, w.shape[0], flat.shape[2])).view(n, -1, *size)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        flat, weight = ctx.saved_tensors
+        n, c_in, _ = flat.shape
+        w = weight.reshape(weight.shape[0], c_in)
+        g = grad.contiguous().view(n, w.shape[0], -1)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _per_sample_mm(w.t(), g, flat.new_empty(flat.shape)).view(grad.shape[0], c_in, *grad.shape[2:])
+        if ctx.needs_input_grad[1]:
+            grad_w = flat.new_zeros(w.shape)
+            for i in range(n):
+                grad_w.addmm_(g[i], flat[i].t())
+            grad_w = grad_w.view(weight.shape)
+        return grad_x, grad_w
 
 
 class Conv3d(nn.Conv3d):
