@@ -68,6 +68,20 @@ def test_equals_eager_in_float32(norm):
     _assert_grads_close(_grads(got, leaves), _grads(want, leaves), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("names", [("identity", "max_pool3"), ("identity", "sep_dil3x3x3_r3", "zero")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shared_edge_whose_merged_kernel_is_1x1x1(names, dtype):
+    """Identity alone merges into a 1x1x1 kernel (a matrix product on CPU); the unmerged candidates
+    are then added to that output in place, so it must not be a view."""
+    edge = _edge(4, 4, "shared", 1, names=list(names), dtype=dtype)
+    x, w = _inputs(edge, dtype)
+    leaves = [x, w, *edge.parameters()]
+    got, want = edge(x, w), eager(edge, x, w)
+    tol = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
+    torch.testing.assert_close(got, want, **tol)
+    _assert_grads_close(_grads(got, leaves), _grads(want, leaves), **tol)
+
+
 @pytest.mark.parametrize("norm", ["shared", "per_op"])
 def test_gradcheck(norm):
     """Finite differences for x, the weights and every candidate and norm parameter (small, float64)."""

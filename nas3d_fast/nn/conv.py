@@ -199,9 +199,11 @@ class _OneDnnConv3d(torch.autograd.Function):
 
 
 def _per_sample_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out[n] = a @ b[n] for (M, K) a, (N, K, V) b and (N, M, V) out; returns out."""
+    """out[n] = a @ b[n] for (M, K) a, (N, K, V) b and an (N, M, ...) out holding M x V values per
+    sample; returns out itself (not a view: a custom Function's output must not be one)."""
+    flat = out.view(out.shape[0], out.shape[1], -1)
     for n in range(b.shape[0]):
-        torch.mm(a, b[n], out=out[n])
+        torch.mm(a, b[n], out=flat[n])
     return out
 
 
@@ -214,7 +216,7 @@ class _PointwiseConv3d(torch.autograd.Function):
         w = weight.reshape(weight.shape[0], c_in)
         flat = x.contiguous().view(n, c_in, -1)
         ctx.save_for_backward(flat, weight)
-        return _per_sample_mm(w, flat, x.new_empty(n, w.shape[0], flat.shape[2])).view(n, -1, *size)
+        return _per_sample_mm(w, flat, x.new_empty(n, w.shape[0], *size))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -225,7 +227,7 @@ class _PointwiseConv3d(torch.autograd.Function):
         g = grad.contiguous().view(n, w.shape[0], -1)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = _per_sample_mm(w.t(), g, flat.new_empty(flat.shape)).view(grad.shape[0], c_in, *grad.shape[2:])
+            grad_x = _per_sample_mm(w.t(), g, flat.new_empty(n, c_in, *grad.shape[2:]))
         if ctx.needs_input_grad[1]:
             grad_w = flat.new_zeros(w.shape)
             for i in range(n):
