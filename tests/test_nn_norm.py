@@ -38,3 +38,29 @@ def test_float32_error_at_most_twice_torchs(spread, offset):
     ours = (norm(x.float()).double() - want).abs().max()
     plain = (torch.nn.functional.instance_norm(x.float(), eps=norm.eps).double() - want).abs().max()
     assert ours <= 2 * plain
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (2, 20, 16, 12, 10),
+        (1, 7, 40, 40, 41),
+        (1, 3, 66, 64, 64),
+    ],  # several rows a chunk (7 rows: a short last chunk), one row a chunk
+)
+def test_two_pass_statistics_match_float64(shape):
+    """The CPU float32 statistics (mean, then the norm and sum of x - mean in row chunks) against
+    float64, with a mean that dwarfs the spread: the variance within twice the relative error of
+    torch.var_mean in float32 (or 1e-6), the mean within 1e-7."""
+    from nas3d_fast.nn.norm import _var_mean
+
+    torch.manual_seed(1)
+    x = torch.randn(shape, dtype=torch.float64) * 0.1 + 10.0
+    want_var, want_mean = torch.var_mean(x, dim=(2, 3, 4), unbiased=False, keepdim=True)
+    var, mean = _var_mean(x.float())
+    plain_var, _ = torch.var_mean(x.float(), dim=(2, 3, 4), unbiased=False, keepdim=True)
+    assert var.shape == mean.shape == (*shape[:2], 1, 1, 1)
+    err = float(((var.double() - want_var) / want_var).abs().max())
+    plain_err = float(((plain_var.double() - want_var) / want_var).abs().max())
+    assert err <= max(2 * plain_err, 1e-6), (err, plain_err)
+    torch.testing.assert_close(mean.double(), want_mean, rtol=1e-7, atol=0)

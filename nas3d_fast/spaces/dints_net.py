@@ -76,7 +76,7 @@ class FactorizedIncrease(nn.Module):
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
-        self.conv = nn.Conv3d(c_in, c_out, 1, bias=False)
+        self.conv = Conv3d(c_in, c_out, 1, bias=False)
         self.norm = InstanceNorm3d(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
