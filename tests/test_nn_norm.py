@@ -64,3 +64,15 @@ def test_two_pass_statistics_match_float64(shape):
     plain_err = float(((plain_var.double() - want_var) / want_var).abs().max())
     assert err <= max(2 * plain_err, 1e-6), (err, plain_err)
     torch.testing.assert_close(mean.double(), want_mean, rtol=1e-7, atol=0)
+
+
+def test_two_pass_statistics_of_a_constant_volume():
+    """A constant channel has variance 0, never a rounded negative (rsqrt(var + eps) stays finite)."""
+    from nas3d_fast.nn.norm import _var_mean
+
+    values = torch.tensor([3.7, -1234.567, 0.1, 1e-3])
+    x = values.view(1, 4, 1, 1, 1).expand(1, 4, 30, 31, 32).contiguous()
+    var, mean = _var_mean(x)
+    assert torch.all(var >= 0) and var.max() < 1e-6 * values.abs().max() ** 2
+    torch.testing.assert_close(mean.flatten(), values)
+    assert torch.isfinite(InstanceNorm3d(4)(x)).all()

@@ -21,8 +21,9 @@ its output and, in backward, its gradients into blocked layouts, two extra volum
 backward's peak (the depthwise-separable candidates of ``python -m benchmarks.run mixed_edge`` end
 in one).
 
-Elsewhere (CUDA, meta and fake tensors (but see ``meta_as_cpu``), other dtypes, batches torch already routes to oneDNN, 1x1x1
-kernels, groups or dilation) it is ``F.conv3d``. Results equal ``F.conv3d`` to float32 rounding.
+Elsewhere (CUDA, meta and fake tensors (but see ``meta_as_cpu``), other dtypes, batches torch already
+routes to oneDNN, strided or padded 1x1x1 kernels, groups or dilation) it is ``F.conv3d``. Results
+equal ``F.conv3d`` to float32 rounding.
 """
 
 from __future__ import annotations

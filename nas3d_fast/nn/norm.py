@@ -72,7 +72,7 @@ def _var_mean(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # The first mean is off by the float32 rounding of its sum; the deviations' own mean corrects it
     # (E[(x - m)^2] - E[x - m]^2 is the variance for any m).
     shift.div_(count)
-    var = squares.div_(count).sub_(shift.square())
+    var = squares.div_(count).sub_(shift.square()).clamp_min_(0)  # a constant row may round below 0
     mean += shift
     return var.view(*x.shape[:2], 1, 1, 1), mean.view(*x.shape[:2], 1, 1, 1)
 
