@@ -20,6 +20,7 @@ the P3D pairs, average pooling) report ``mergeable = True`` and give their kerne
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -77,6 +78,11 @@ class Candidate(nn.Module):
 
     def kernel(self, like: torch.Tensor) -> torch.Tensor | None:
         """The kernel in ``like``'s dtype and device (mergeable candidates only)."""
+        return self.kernel_from(tuple(self.parameters()), like)
+
+    def kernel_from(self, params: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor | None:
+        """The kernel built from ``params`` in place of this candidate's parameters (same order as
+        ``parameters()``): a merged edge rebuilds it in backward from the tensors its forward saw."""
         raise TypeError(f"candidate {self.name!r} is not mergeable")
 
     def merges_at(self, out_voxels: int) -> bool:
@@ -96,7 +102,7 @@ class Zero(Candidate):
         n = x.shape[0]
         return x.new_zeros((n, self.out_channels, *(out_size(s, self.stride) for s in x.shape[2:])))
 
-    def kernel(self, like: torch.Tensor) -> None:
+    def kernel_from(self, params: Sequence[torch.Tensor], like: torch.Tensor) -> None:
         return None  # contributes nothing to a merged kernel
 
 
@@ -107,7 +113,7 @@ class Identity(Candidate):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.stride == 1 else x[:, :, :: self.stride, :: self.stride, :: self.stride]
 
-    def kernel(self, like: torch.Tensor) -> torch.Tensor:
+    def kernel_from(self, params: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
         return _eye_kernel(self.in_channels, (1, 1, 1), like)
 
 
@@ -117,7 +123,7 @@ class AvgPool(Identity):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.avg_pool3(x, self.stride)
 
-    def kernel(self, like: torch.Tensor) -> torch.Tensor:
+    def kernel_from(self, params: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
         return _eye_kernel(self.in_channels, (3, 3, 3), like) / 27
 
 
@@ -141,8 +147,9 @@ class Conv(Candidate):
         k = self.weight.shape[2:]
         return conv3d(x, self.weight, self.stride, tuple(n // 2 for n in k))
 
-    def kernel(self, like: torch.Tensor) -> torch.Tensor:
-        return self.weight
+    def kernel_from(self, params: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        (weight,) = params
+        return weight
 
 
 class P3D(Candidate):
@@ -173,10 +180,11 @@ class P3D(Candidate):
         o, i = self.out_channels, self.in_channels
         return o * i * 27 <= out_voxels * (9 * i + 3 * o)
 
-    def kernel(self, like: torch.Tensor) -> torch.Tensor:
-        o, i = self.first.shape[:2]
+    def kernel_from(self, params: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        first, second = params
+        o, i = first.shape[:2]
         # (O, I, 9 first taps, 3 second taps), then the taps back on their axes.
-        k = torch.einsum("omq,mip->oipq", self.second.reshape(o, o, 3), self.first.reshape(o, i, 9))
+        k = torch.einsum("omq,mip->oipq", second.reshape(o, o, 3), first.reshape(o, i, 9))
         axes1 = [a for a in range(3) if self._k1[a] == 3]
         axis2 = next(a for a in range(3) if self._k2[a] == 3)
         k = k.reshape(o, i, 3, 3, 3)  # dims: first's two axes, then second's axis

@@ -302,53 +302,42 @@ def merged_act_conv(
     the merged one, each C_out * C_in * 27 values: 7 MiB at 256 channels, more than the activation on a
     coarse scale) and act(x) are rebuilt in backward and released as soon as they are used.
     """
-    wrapped = [_KernelOf(c) for c in cands]
-    flat = [p for m in wrapped for p in m.parameters()]
-    return _MergedActConv.apply(wrapped, stride, act, x, w, *flat)
+    params = [tuple(c.parameters()) for c in cands]
+    flat = [p for ps in params for p in ps]
+    return _MergedActConv.apply(tuple(cands), [len(ps) for ps in params], stride, act, x, w, *flat)
 
 
-class _KernelOf(nn.Module):
-    """A mergeable candidate whose forward is its kernel, so that ``torch.func.functional_call`` can
-    rebuild the kernel from given parameter tensors."""
-
-    def __init__(self, candidate: Candidate):
-        super().__init__()
-        self.candidate = candidate
-
-    def forward(self, like: torch.Tensor) -> torch.Tensor:
-        return self.candidate.kernel(like)
-
-
-def _merged_kernel(wrapped, names, params, w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def _merged_kernel(cands, counts, params, w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """kernel_merge of each candidate's kernel rebuilt from ``params`` (theirs, concatenated; counts[j]
+    belong to cands[j])."""
     kernels, first = [], 0
-    for m, n in zip(wrapped, names):
-        kernels.append(torch.func.functional_call(m, dict(zip(n, params[first : first + len(n)])), (like,)))
-        first += len(n)
+    for c, n in zip(cands, counts):
+        kernels.append(c.kernel_from(params[first : first + n], like))
+        first += n
     size = tuple(max(k.shape[2 + d] for k in kernels) for d in range(3))
     return ops.kernel_merge(kernels, w, size)
 
 
 class _MergedActConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, wrapped, stride, act, x, w, *params):
-        names = [[n for n, _ in m.named_parameters()] for m in wrapped]
+    def forward(ctx, cands, counts, stride, act, x, w, *params):
         with torch.no_grad():
-            kernel = _merged_kernel(wrapped, names, params, w, x)
+            kernel = _merged_kernel(cands, counts, params, w, x)
             y = conv3d(activation(x, act), kernel, stride, tuple(n // 2 for n in kernel.shape[2:]))
-        ctx.wrapped, ctx.names, ctx.stride, ctx.act = wrapped, names, stride, act
+        ctx.cands, ctx.counts, ctx.stride, ctx.act = cands, counts, stride, act
         ctx.save_for_backward(x, w, *params)
         return y
 
     @staticmethod
     def backward(ctx, grad):
         x, w, *params = ctx.saved_tensors
-        need_x, need_w = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
-        need_params = [ctx.needs_input_grad[5 + j] for j in range(len(params))]
+        need_x, need_w = ctx.needs_input_grad[4], ctx.needs_input_grad[5]
+        need_params = [ctx.needs_input_grad[6 + j] for j in range(len(params))]
         leaves = [w.detach().requires_grad_(need_w)] + [
             p.detach().requires_grad_(n) for p, n in zip(params, need_params)
         ]
         with torch.enable_grad():
-            kernel = _merged_kernel(ctx.wrapped, ctx.names, leaves[1:], leaves[0], x)
+            kernel = _merged_kernel(ctx.cands, ctx.counts, leaves[1:], leaves[0], x)
         padding = tuple(n // 2 for n in kernel.shape[2:])
         need_kernel = need_w or any(need_params)
         grads = [None] * len(leaves)
@@ -364,4 +353,4 @@ class _MergedActConv(torch.autograd.Function):
         if need_x:
             grad_a = conv3d_grads(x, kernel.detach(), grad, ctx.stride, padding, True, False)[0]
             grad_x = activation_backward_(grad_a, x, ctx.act)
-        return (None, None, None, grad_x, *grads)
+        return (None, None, None, None, grad_x, *grads)
