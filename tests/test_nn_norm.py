@@ -40,18 +40,12 @@ def test_float32_error_at_most_twice_torchs(spread, offset):
     assert ours <= 2 * plain
 
 
-@pytest.mark.parametrize(
-    "shape",
-    [
-        (2, 20, 16, 12, 10),
-        (1, 7, 40, 40, 41),
-        (1, 3, 66, 64, 64),
-    ],  # several rows a chunk (7 rows: a short last chunk), one row a chunk
-)
+@pytest.mark.parametrize("shape", [(2, 20, 16, 12, 10), (1, 7, 40, 40, 41), (1, 3, 66, 64, 64)])
 def test_two_pass_statistics_match_float64(shape):
-    """The CPU float32 statistics (mean, then the norm and sum of x - mean in row chunks) against
-    float64, with a mean that dwarfs the spread: the variance within twice the relative error of
-    torch.var_mean in float32 (or 1e-6), the mean within 1e-7."""
+    """The CPU float32 statistics (mean, then the sums of x - mean and of its squares in row chunks)
+    against float64, with a mean that dwarfs the spread: the variance within twice the relative error
+    of torch.var_mean in float32 (or 1e-6), the mean within 1e-7. The shapes give several rows a
+    chunk, a short last chunk (7 rows) and one row a chunk."""
     from nas3d_fast.nn.norm import _var_mean
 
     torch.manual_seed(1)
