@@ -7,6 +7,8 @@ arguments (``monai.inferers.sliding_window_inference``).
   output, then argmax over channels, device="cpu"; nas3d: output="labels", streamed slab by slab).
 - ``unet``: MONAI's UNet(3, 1 -> 3, channels (8, 16, 32, 64), strides (2, 2, 2), num_res_units=1) in
   eval mode under no_grad, (1, 1, 192, 192, 160), gaussian, overlap 0.5.
+- ``unet_reuse``: the ``unet`` case with ``reuse_freed_pages=True`` (not a MONAI argument: nas3d's
+  opt-in trade of peak memory for speed), against the same MONAI call.
 MONAI is a benchmark dependency (the ``bench`` extra); without it the MONAI cases are skipped.
 """
 
@@ -62,7 +64,8 @@ def _make(side: str, case: str):
         predictor = _cheap if case == "cheap_gaussian" else _unet(device)
         kw = dict(overlap=0.5, mode="gaussian")
         if side == "nas3d":
-            return lambda: sliding_window_inference(x, ROI, SW_BATCH, predictor, **kw)
+            reuse = case == "unet_reuse"
+            return lambda: sliding_window_inference(x, ROI, SW_BATCH, predictor, reuse_freed_pages=reuse, **kw)
         return lambda: monai_swi(x, ROI, SW_BATCH, predictor, **kw)
 
     return build
@@ -73,7 +76,7 @@ CASES = tuple(
     Case(f"{side}_{name}", _make(side, name), side, devices=("cpu", "cuda"), skip_reason=_monai_skip)
     for name in CASE_NAMES
     for side in ("nas3d", "monai")
-)
+) + (Case("nas3d_unet_reuse", _make("nas3d", "unet_reuse"), "nas3d", devices=("cpu",), skip_reason=_monai_skip),)
 
 SUITE = Suite(
     name="sliding_window",
@@ -85,6 +88,8 @@ SUITE = Suite(
         Ratio("labels_large.speedup_vs_monai", "nas3d_labels_large", "monai_labels_large"),
         Ratio("labels_large.memory_vs_monai", "nas3d_labels_large", "monai_labels_large", kind="memory"),
         Ratio("unet.speedup_vs_monai", "nas3d_unet", "monai_unet"),
+        Ratio("unet_reuse.speedup_vs_monai", "nas3d_unet_reuse", "monai_unet"),
+        Ratio("unet_reuse.memory_vs_monai", "nas3d_unet_reuse", "monai_unet", kind="memory"),
     ),
     quick_cases=("nas3d_cheap_gaussian", "monai_cheap_gaussian"),
 )

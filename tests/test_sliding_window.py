@@ -246,6 +246,8 @@ def test_benchmark_suite_has_the_issue_ratio_keys():
         "labels_large.speedup_vs_monai",
         "labels_large.memory_vs_monai",
         "unet.speedup_vs_monai",
+        "unet_reuse.speedup_vs_monai",  # the opt-in reuse_freed_pages, beyond the issue's table
+        "unet_reuse.memory_vs_monai",
     }
     for r in SUITE.ratios:
         SUITE.case(r.case), SUITE.case(r.baseline)  # both sides exist

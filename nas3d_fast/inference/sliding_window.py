@@ -10,6 +10,7 @@ window touches it, so memory grows with the slab, not with volume x classes.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Sequence
 
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 from ..ops import window_argmax, window_gather, window_stitch
 from .grid import PAD_MODES, BLEND_MODES, WindowGrid, cached_normaliser, cached_weight, make_grid
+from . import heap
 
 OUTPUTS = ("raw", "probs", "labels")
 
@@ -40,6 +42,7 @@ def sliding_window_inference(
     tta_flips: Sequence[int] = (),
     max_memory: int | None = None,
     accumulate_dtype: torch.dtype | None = None,
+    reuse_freed_pages: bool = False,
     **kwargs,
 ) -> torch.Tensor:
     """Predict a whole volume window by window and blend the overlapping windows (MONAI-compatible).
@@ -78,6 +81,11 @@ def sliding_window_inference(
         accumulate_dtype: dtype of the accumulator, the normaliser and the raw/probs output (default:
             inputs' dtype, as MONAI); torch.float16 or torch.bfloat16 halves the memory of probabilities
             (each add is computed in float32 and rounded once).
+        reuse_freed_pages: keep freed CPU blocks in glibc's heap while the windows are predicted, so each
+            batch's predictions (and the network's activations) reuse already-mapped pages instead of
+            page-faulting fresh ones: faster on CPU (1.3-1.6x with a small U-Net), but the peak resident
+            set grows with the heap's fragmentation (see ``nas3d_fast.inference.heap``). Not used when
+            streaming (output="labels" or max_memory), which is for bounded memory.
         **kwargs: passed to the predictor.
 
     Returns:
@@ -105,6 +113,8 @@ def sliding_window_inference(
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     n = inputs.dim() - 2
     flips = _check_flips(tta_flips, n)
+    if not isinstance(reuse_freed_pages, bool):
+        raise ValueError(f"reuse_freed_pages must be True or False, got {reuse_freed_pages!r}")
     if max_memory is not None and (not isinstance(max_memory, int) or isinstance(max_memory, bool) or max_memory <= 0):
         raise ValueError(f"max_memory must be a positive int (bytes) or None, got {max_memory!r}")
 
@@ -125,10 +135,11 @@ def sliding_window_inference(
     job = _Job(grid, n, predictor, kwargs, flips, sw_device, device, dtype, weight)
     if output == "labels" or max_memory is not None:
         return _streamed(job, x5, B, sw_batch_size, output, max_memory, mode, sigma_scale, progress)
-    out = _whole(job, x5, B, sw_batch_size, progress)
-    out.div_(cached_normaliser(grid, weight, mode, sigma_scale))
-    out = job.crop(out)
-    return torch.softmax(out, dim=1) if output == "probs" else out
+    with heap.reuse_freed_pages() if reuse_freed_pages else contextlib.nullcontext():
+        out = _whole(job, x5, B, sw_batch_size, progress)
+        out.div_(cached_normaliser(grid, weight, mode, sigma_scale))
+        out = job.crop(out)
+        return torch.softmax(out, dim=1) if output == "probs" else out
 
 
 def _check_flips(tta_flips, n: int) -> tuple[int, ...]:
@@ -212,11 +223,18 @@ def _whole(job: _Job, x5: torch.Tensor, B: int, sw: int, progress: bool) -> torc
     total = starts.shape[0]
     bar = _progress(progress, (total + sw - 1) // sw)
     out = None
+    windows = window_gather(x5, st_in[:sw], grid.roi)
     for g in range(0, total, sw):
-        pred = job.predict(window_gather(x5, st_in[g : g + sw], grid.roi))
+        pred = job.predict(windows)
+        # The next windows are gathered into the block these windows free, and this prediction is freed
+        # before the next one is made, into its block (fewer fresh pages, see heap.py).
+        windows = None
+        if g + sw < total:
+            windows = window_gather(x5, st_in[g + sw : g + 2 * sw], grid.roi)
         if out is None:
             out = torch.zeros((B, pred.shape[1], *grid.shape), dtype=job.dtype, device=job.device)
         window_stitch(out, pred, job.weight, st_out[g : g + pred.shape[0]])
+        del pred
         if bar is not None:
             bar.update(1)
     if bar is not None:
