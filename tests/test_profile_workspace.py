@@ -39,3 +39,16 @@ def test_strided_conv_backward_on_onednn(threads, c_in, c_out, kernel):
     measured = measure_training_memory(copy.deepcopy(model), shape, batch_size=1, num_classes=2, device="cpu")
     error = abs(predicted.peak_bytes - measured.peak_bytes) / measured.peak_bytes
     assert error < 0.03, (threads, predicted, measured)
+
+
+@pytest.mark.parametrize("capability,forward,backward_8ch,backward_16ch", [("AVX2", 8, 8, 8), ("AVX512", 16, 8, 16)])
+def test_onednn_channel_blocks_follow_the_cpu(monkeypatch, capability, forward, backward_8ch, backward_16ch):
+    """Blocks of 8 channels with AVX2; with AVX-512, 16, except in backward kernels whose input
+    channels do not fill blocks of 16 (oneDNN then runs its AVX2 kernels)."""
+    from nas3d_fast.profile import workspace
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert workspace._channel_block() == forward
+    assert workspace._backward_block(torch.empty(1, 8, 2, 2, 2)) == backward_8ch
+    assert workspace._backward_block(torch.empty(1, 32, 2, 2, 2)) == backward_16ch
+    assert workspace._blocked(torch.empty(1, 3, 2, 2, 2)) == forward * 8 * 4

@@ -2,8 +2,10 @@
 
 Only the convolutions hold enough to matter: the slow (im2col) paths build column buffers of
 C_in/groups x kernel volume x output voxels, and oneDNN reorders its output or gradient into a buffer
-of the same size (oneDNN pads channels to blocks of 8). The sizes below were read off the CPU
-allocator's events (torch.profiler memory events) of torch 2.x's kernels, per backend that
+of the same size (oneDNN pads channels to blocks of 8 with AVX2, 16 with AVX-512: ``_channel_block``;
+its AVX-512 backward kernels need input channels in whole blocks of 16, else it runs the AVX2 ones:
+``_backward_block``, read off ``ONEDNN_VERBOSE=1`` on an AVX-512 machine). The sizes below were read
+off the CPU allocator's events (torch.profiler memory events) of torch 2.x's kernels, per backend that
 ``torch._C._select_conv_backend`` picks:
 
 ==================  ===========================================  =========================================
@@ -49,10 +51,24 @@ def _proxy(t: torch.Tensor) -> torch.Tensor:
     return torch.empty((1,) * t.dim(), dtype=t.dtype).expand(t.shape)
 
 
-def _blocked(t: torch.Tensor) -> int:
-    """Bytes of t in oneDNN's blocked layout: channels padded up to a multiple of 8."""
-    channels = t.shape[1]
-    return _nbytes(t) // max(channels, 1) * (-(-channels // 8) * 8)
+def _channel_block() -> int:
+    """Channels per block of oneDNN's blocked layouts on this CPU: one vector register of float32,
+    16 where the CPU has AVX-512 (as ATen's dispatch reports it), else 8 (AVX2)."""
+    return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
+
+
+def _backward_block(x: torch.Tensor) -> int:
+    """Channels per block of oneDNN's backward kernels: with AVX-512 they run their 16-channel
+    kernels only when the input's channels are a multiple of 16, else the AVX2 ones (8)."""
+    block = _channel_block()
+    return block if x.shape[1] % block == 0 else 8
+
+
+def _blocked(t: torch.Tensor, block: int | None = None) -> int:
+    """Bytes of t in oneDNN's blocked layout: channels padded up to a multiple of the block
+    (default: ``_channel_block()``)."""
+    channels, block = t.shape[1], block or _channel_block()
+    return _nbytes(t) // max(channels, 1) * (-(-channels // block) * block)
 
 
 def _conv_backend(x, weight, stride, padding, dilation, transposed, output_padding, groups) -> str:
@@ -94,9 +110,9 @@ def _conv_forward_on(backend: str, x, weight, stride, padding, out) -> tuple[int
     if backend == "SlowDilated3d":
         return 0, _columns(x, weight, out_voxels, per_sample=True)
     if backend == "Mkldnn":
-        # input reordered to oneDNN's blocked layout (channels in blocks of 8) when its channels fill
-        # whole blocks; output computed blocked (channels padded to 8), then copied to the plain one
-        reordered = _nbytes(x) if x.shape[1] % 8 == 0 else 0
+        # input reordered to oneDNN's blocked layout when its channels fill whole blocks; output
+        # computed blocked (channels padded to the block), then copied to the plain one
+        reordered = _nbytes(x) if x.shape[1] % _channel_block() == 0 else 0
         return reordered + _nbytes(weight) + _blocked(out), _blocked(out)
     return 0, 0
 
@@ -124,9 +140,10 @@ def _conv_backward(args, out) -> tuple[int, int]:
         # blocked grad_output + weight + blocked input gradient; then the blocked input gradient is
         # copied to the plain one; the weight gradient reads a blocked grad_output (and, for outputs
         # whose channels do not fill blocks, a blocked copy of the input)
-        grad_in = _blocked(x)
-        before = _blocked(grad_out) + _nbytes(weight) + grad_in
-        weight_pass = _blocked(grad_out) + (_nbytes(x) if grad_out.shape[1] % 8 else 0)
+        block = _backward_block(x)
+        grad_in = _blocked(x, block)
+        before = _blocked(grad_out, block) + _nbytes(weight) + grad_in
+        weight_pass = _blocked(grad_out, block) + (_nbytes(x) if grad_out.shape[1] % block else 0)
         return before, max(grad_in, weight_pass)
     return 0, 0
 
