@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nas3d_fast.nn import CANDIDATES, MixedEdge3d, make_candidate
+from nas3d_fast.nn.candidates import Candidate
 from nas3d_fast.reference.mixed_edge import mixed_edge as eager
 
 SAME_CHANNELS_ONLY = ("identity", "max_pool3", "avg_pool3")
@@ -209,11 +210,18 @@ def test_coarse_wide_scale_runs_p3d_unmerged():
     _assert_grads_close(_grads(got, leaves), _grads(want, leaves))
 
 
-def test_shared_edge_saves_no_kernel():
-    """The merged kernel and the composed P3D kernels (C_out * C_in * 27 values each, more than the
-    activation on a coarse scale) are rebuilt in backward, not kept: autograd holds no kernel-sized
-    tensor besides the parameters."""
-    edge = _edge(8, 8, "shared", 1, names=["conv3x3x3", "p3d_3x3x1_1x1x3", "identity"], dtype=torch.float32)
+@pytest.mark.parametrize(
+    "names,kept",
+    [
+        (["conv3x3x3", "identity", "avg_pool3"], []),  # kernels that cost only copies: rebuilt in backward
+        (["conv3x3x3", "p3d_3x3x1_1x1x3", "identity"], [(8, 8, 3, 3, 3)]),  # composed: the merged one kept
+    ],
+)
+def test_shared_edge_keeps_at_most_the_merged_kernel(names, kept):
+    """The per-candidate kernels (C_out * C_in * 27 values each, more than the activation on a coarse
+    scale) are never kept for backward; the merged kernel is kept only where rebuilding it costs
+    matrix products (a P3D pair among the merged candidates)."""
+    edge = _edge(8, 8, "shared", 1, names=names, dtype=torch.float32)
     x, w = _inputs(edge, torch.float32, shape=(1, 4, 4, 4))
     params = {p.data_ptr() for p in edge.parameters()}
     kernel_sized = []
@@ -225,9 +233,31 @@ def test_shared_edge_saves_no_kernel():
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = edge(x, w)
-    assert kernel_sized == [], f"the shared edge kept {kernel_sized} for backward"
+    assert kernel_sized == kept, f"the shared edge kept {kernel_sized} for backward"
     out.sum().backward()  # and the backward still runs from what was kept
     assert all(p.grad is not None for p in edge.ops.parameters())
+
+
+@pytest.mark.parametrize("name", [n for n in CANDIDATES if make_candidate(n, 3, 3).mergeable and n != "zero"])
+@pytest.mark.parametrize("channels", [(3, 3), (2, 5)])
+def test_kernel_vjp_equals_differentiating_the_kernel(name, channels):
+    """Each candidate's kernel_vjp (P3D's without composing its kernel) equals autograd through
+    kernel_from: parameter gradients and <grad_kernel, kernel>, in float64."""
+    if name in ("identity", "avg_pool3") and channels[0] != channels[1]:
+        pytest.skip("keeps the channel count")
+    torch.manual_seed(0)
+    cand = make_candidate(name, *channels).double()
+    params = tuple(cand.parameters())
+    like = torch.empty((), dtype=torch.float64)
+    grad_kernel = torch.randn_like(cand.kernel_from(params, like))
+    assert tuple(grad_kernel.shape[2:]) == cand.kernel_size
+    grads, inner = cand.kernel_vjp(params, grad_kernel)
+    want_grads, want_inner = Candidate.kernel_vjp(cand, params, grad_kernel)
+    assert len(grads) == len(want_grads) == len(params)
+    for g, want in zip(grads, want_grads):
+        torch.testing.assert_close(g, want)
+    torch.testing.assert_close(inner, want_inner)
+    torch.testing.assert_close(inner, (cand.kernel_from(params, like) * grad_kernel).sum())
 
 
 def test_traces_on_meta_device():

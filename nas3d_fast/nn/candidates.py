@@ -70,6 +70,8 @@ class Candidate(nn.Module):
     its (C_out, C_in, k0, k1, k2) kernel, odd sizes, centred, for stride ``stride`` and padding k // 2."""
 
     mergeable = False
+    composes = False  # whether kernel_from costs matrix products (the P3D pairs), not just copies
+    kernel_size: tuple[int, int, int] | None = None  # spatial size of kernel_from's kernel
     name = ""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int):
@@ -84,6 +86,17 @@ class Candidate(nn.Module):
         """The kernel built from ``params`` in place of this candidate's parameters (same order as
         ``parameters()``): a merged edge rebuilds it in backward from the tensors its forward saw."""
         raise TypeError(f"candidate {self.name!r} is not mergeable")
+
+    def kernel_vjp(self, params: Sequence[torch.Tensor], grad_kernel: torch.Tensor):
+        """What a merged edge's backward needs of this candidate, for ``grad_kernel`` (the gradient of
+        the loss with respect to ``kernel_from(params)``, of its shape): (the gradients with respect to
+        ``params``, a list; and the inner product <grad_kernel, kernel_from(params)>, a 0-dim tensor).
+        This default forms the kernel and differentiates it; candidates that know a cheaper way override it."""
+        with torch.enable_grad():
+            leaves = [p.detach().requires_grad_() for p in params]
+            kernel = self.kernel_from(leaves, grad_kernel)
+            grads = list(torch.autograd.grad(kernel, leaves, grad_kernel)) if leaves else []
+        return grads, (kernel.detach() * grad_kernel).sum()
 
     def merges_at(self, out_voxels: int) -> bool:
         """Whether merging this candidate into an edge's one convolution pays at ``out_voxels`` output
@@ -108,6 +121,7 @@ class Zero(Candidate):
 
 class Identity(Candidate):
     mergeable = True
+    kernel_size = (1, 1, 1)
     name = "identity"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,8 +130,12 @@ class Identity(Candidate):
     def kernel_from(self, params: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
         return _eye_kernel(self.in_channels, (1, 1, 1), like)
 
+    def kernel_vjp(self, params: Sequence[torch.Tensor], grad_kernel: torch.Tensor):
+        return [], _diagonal_sum(grad_kernel)
+
 
 class AvgPool(Identity):
+    kernel_size = (3, 3, 3)
     name = "avg_pool3"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,6 +143,9 @@ class AvgPool(Identity):
 
     def kernel_from(self, params: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
         return _eye_kernel(self.in_channels, (3, 3, 3), like) / 27
+
+    def kernel_vjp(self, params: Sequence[torch.Tensor], grad_kernel: torch.Tensor):
+        return [], _diagonal_sum(grad_kernel) / 27
 
 
 class MaxPool(Candidate):
@@ -142,6 +163,7 @@ class Conv(Candidate):
         self.name = name
         k = _CONV[name]
         self.weight = _kaiming((out_channels, in_channels, *k), in_channels * math.prod(k))
+        self.kernel_size = tuple(k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.weight.shape[2:]
@@ -151,6 +173,10 @@ class Conv(Candidate):
         (weight,) = params
         return weight
 
+    def kernel_vjp(self, params: Sequence[torch.Tensor], grad_kernel: torch.Tensor):
+        (weight,) = params
+        return [grad_kernel], (weight * grad_kernel).sum()
+
 
 class P3D(Candidate):
     """Pseudo-3D pair: ``first`` (C_in -> C_out, stride on its axes) then ``second`` (C_out -> C_out,
@@ -158,6 +184,8 @@ class P3D(Candidate):
     composed kernel K[o, i] = sum_m second[o, m] (outer) first[m, i]."""
 
     mergeable = True
+    composes = True
+    kernel_size = (3, 3, 3)
 
     def __init__(self, name: str, in_channels: int, out_channels: int, stride: int):
         super().__init__(in_channels, out_channels, stride)
@@ -180,16 +208,31 @@ class P3D(Candidate):
         o, i = self.out_channels, self.in_channels
         return o * i * 27 <= out_voxels * (9 * i + 3 * o)
 
+    def _tap_axes(self) -> list[int]:
+        """The spatial axes of the composed (O, I, 9 first taps, 3 second taps) layout: first's two
+        axes, then second's axis."""
+        return [*(a for a in range(3) if self._k1[a] == 3), next(a for a in range(3) if self._k2[a] == 3)]
+
     def kernel_from(self, params: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
         first, second = params
         o, i = first.shape[:2]
         # (O, I, 9 first taps, 3 second taps), then the taps back on their axes.
         k = torch.einsum("omq,mip->oipq", second.reshape(o, o, 3), first.reshape(o, i, 9))
-        axes1 = [a for a in range(3) if self._k1[a] == 3]
-        axis2 = next(a for a in range(3) if self._k2[a] == 3)
-        k = k.reshape(o, i, 3, 3, 3)  # dims: first's two axes, then second's axis
-        order = [*axes1, axis2]  # which spatial axis each of dims 2, 3, 4 is
-        return k.permute(0, 1, *(2 + order.index(a) for a in range(3)))
+        order = self._tap_axes()  # which spatial axis each of dims 2, 3, 4 of k is
+        return k.reshape(o, i, 3, 3, 3).permute(0, 1, *(2 + order.index(a) for a in range(3)))
+
+    def kernel_vjp(self, params: Sequence[torch.Tensor], grad_kernel: torch.Tensor):
+        """Without composing the kernel: with G the kernel gradient in the composed layout,
+        H[m, i, p] = sum_{o, q} second[o, m, q] G[o, i, p, q] is first's gradient, second's is
+        sum_{i, p} G[o, i, p, q] first[m, i, p], and <G, K> = <first, H>. Two matrix products, where
+        differentiating the composed kernel took three (composing it again, then its backward)."""
+        first, second = params
+        o, i = first.shape[:2]
+        g = grad_kernel.permute(0, 1, *(2 + a for a in self._tap_axes())).reshape(o, i, 9, 3)
+        f = first.reshape(o, i, 9)
+        h = torch.einsum("omq,oipq->mip", second.reshape(o, o, 3), g)
+        grad_second = torch.einsum("oipq,mip->omq", g, f)
+        return [h.reshape(first.shape), grad_second.reshape(second.shape)], (f * h).sum()
 
 
 class SepDil(Candidate):
@@ -205,6 +248,11 @@ class SepDil(Candidate):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = ops.depthwise_conv3(x, self.depthwise, self.stride, self.dilation)
         return conv3d(y, self.pointwise)
+
+
+def _diagonal_sum(kernel: torch.Tensor) -> torch.Tensor:
+    """sum over c and the taps of kernel[c, c, ...]: the inner product with a channel-diagonal kernel of ones."""
+    return kernel.diagonal(dim1=0, dim2=1).sum()
 
 
 def _eye_kernel(channels: int, size: tuple[int, int, int], like: torch.Tensor) -> torch.Tensor:

@@ -298,9 +298,12 @@ def merged_act_conv(
     """conv3d(act(x), kernel_merge([c.kernel() for c in cands], w)) with "same" padding: the weighted sum
     of the mergeable candidates as ONE convolution.
 
-    Keeps only x, w and the candidates' parameters for backward. The kernels (the composed P3D ones and
-    the merged one, each C_out * C_in * 27 values: 7 MiB at 256 channels, more than the activation on a
-    coarse scale) and act(x) are rebuilt in backward and released as soon as they are used.
+    Keeps x, w and the candidates' parameters for backward, and the merged kernel only where forming it
+    costs matrix products (a P3D pair among the candidates). Elsewhere the merged kernel (C_out * C_in
+    * 27 values: 7 MiB at 256 channels, more than the activation on a coarse scale) and act(x) are
+    rebuilt in backward and released as soon as they are used. The backward never differentiates
+    through the kernels: each candidate's ``kernel_vjp`` gives its parameter gradients and its weight
+    gradient <grad_kernel, kernel> (for P3D without composing its kernel).
     """
     params = [tuple(c.parameters()) for c in cands]
     flat = [p for ps in params for p in ps]
@@ -318,6 +321,12 @@ def _merged_kernel(cands, counts, params, w: torch.Tensor, like: torch.Tensor) -
     return ops.kernel_merge(kernels, w, size)
 
 
+def _centre(kernel: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The centred (.., *size) part of a (.., k0, k1, k2) kernel (kernel_merge's zero padding undone)."""
+    k = kernel.shape[2:]
+    return kernel[(slice(None), slice(None), *(slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(k, size)))]
+
+
 class _MergedActConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cands, counts, stride, act, x, w, *params):
@@ -325,32 +334,38 @@ class _MergedActConv(torch.autograd.Function):
             kernel = _merged_kernel(cands, counts, params, w, x)
             y = conv3d(activation(x, act), kernel, stride, tuple(n // 2 for n in kernel.shape[2:]))
         ctx.cands, ctx.counts, ctx.stride, ctx.act = cands, counts, stride, act
-        ctx.save_for_backward(x, w, *params)
+        ctx.keeps_kernel = any(c.composes for c in cands)
+        ctx.save_for_backward(x, w, *params, *([kernel] if ctx.keeps_kernel else []))
         return y
 
     @staticmethod
     def backward(ctx, grad):
         x, w, *params = ctx.saved_tensors
+        if ctx.keeps_kernel:
+            *params, kernel = params
+        else:
+            with torch.no_grad():
+                kernel = _merged_kernel(ctx.cands, ctx.counts, params, w, x)
         need_x, need_w = ctx.needs_input_grad[4], ctx.needs_input_grad[5]
-        need_params = [ctx.needs_input_grad[6 + j] for j in range(len(params))]
-        leaves = [w.detach().requires_grad_(need_w)] + [
-            p.detach().requires_grad_(n) for p, n in zip(params, need_params)
-        ]
-        with torch.enable_grad():
-            kernel = _merged_kernel(ctx.cands, ctx.counts, leaves[1:], leaves[0], x)
+        need_params = ctx.needs_input_grad[6:]
         padding = tuple(n // 2 for n in kernel.shape[2:])
-        need_kernel = need_w or any(need_params)
-        grads = [None] * len(leaves)
-        if need_kernel:
+        grad_w, grad_params = None, [None] * len(params)
+        if need_w or any(need_params):
             with torch.no_grad():
                 a = activation(x, ctx.act)
-            grad_kernel = conv3d_grads(a, kernel.detach(), grad, ctx.stride, padding, False, True)[1]
+            grad_kernel = conv3d_grads(a, kernel, grad, ctx.stride, padding, False, True)[1]
             del a  # released before the input gradient is formed (which reads only x's shape)
-            wanted = [leaf for leaf in leaves if leaf.requires_grad]
-            got = iter(torch.autograd.grad(kernel, wanted, grad_kernel, allow_unused=True))
-            grads = [next(got) if leaf.requires_grad else None for leaf in leaves]
+            grad_w = torch.zeros_like(w) if need_w else None
+            first = 0
+            for j, (c, n) in enumerate(zip(ctx.cands, ctx.counts)):
+                own = slice(first, first + n)
+                first += n
+                grads, inner = c.kernel_vjp(params[own], _centre(grad_kernel, c.kernel_size))
+                if need_w:
+                    grad_w[j] = inner
+                grad_params[own] = [g * w[j] if need else None for g, need in zip(grads, need_params[own])]
         grad_x = None
         if need_x:
-            grad_a = conv3d_grads(x, kernel.detach(), grad, ctx.stride, padding, True, False)[0]
+            grad_a = conv3d_grads(x, kernel, grad, ctx.stride, padding, True, False)[0]
             grad_x = activation_backward_(grad_a, x, ctx.act)
-        return (None, None, None, None, grad_x, *grads)
+        return (None, None, None, None, grad_x, grad_w, *grad_params)
