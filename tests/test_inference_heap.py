@@ -1,6 +1,8 @@
 """reuse_freed_pages: large blocks come from glibc's heap while it is active (where freed pages stay
 mapped for the next block), and exit restores the thresholds and trims the heap (needs glibc)."""
 
+import ctypes
+
 import pytest
 import torch
 
@@ -11,23 +13,26 @@ pytestmark = pytest.mark.skipif(not heap.enabled(), reason="needs glibc malloc (
 BIG = (48 << 20) // 4  # float32 elements in 48 MiB: above glibc's largest dynamic mmap threshold (32 MiB)
 
 
-def _in_brk_heap(address: int) -> bool:
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            if line.rstrip().endswith("[heap]"):
-                lo, hi = (int(v, 16) for v in line.split()[0].split("-"))
-                return lo <= address < hi
-    return False
+def _is_mmapped_chunk(address: int) -> bool:
+    """glibc's IS_MMAPPED bit (0x2) in the size field just before a malloc'ed block: set for blocks
+    served by their own mmap (unmapped on free), clear for blocks of an arena's heap."""
+    return bool(ctypes.c_size_t.from_address(address - ctypes.sizeof(ctypes.c_size_t)).value & 0x2)
 
 
 def test_large_blocks_come_from_the_heap_inside():
     with heap.reuse_freed_pages():
         block = torch.empty(BIG)
-        assert _in_brk_heap(block.data_ptr())
+        assert not _is_mmapped_chunk(block.data_ptr())
         with heap.reuse_freed_pages():  # nested: the inner exit does not restore
             pass
         again = torch.empty(BIG)
-        assert _in_brk_heap(again.data_ptr())
+        assert not _is_mmapped_chunk(again.data_ptr())
+
+
+def test_large_blocks_are_mapped_on_their_own_outside():
+    """The check above means something: a 1 GiB block (beyond any free heap space here) outside it."""
+    block = torch.empty(1 << 28)
+    assert _is_mmapped_chunk(block.data_ptr())
 
 
 class _RecordingLibc:
