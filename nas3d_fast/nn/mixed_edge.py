@@ -259,11 +259,17 @@ class _RecomputeSum(torch.autograd.Function):
         grad_params = []
         first = 0
         for j, (fn, names) in enumerate(zip(ctx.fns, ctx.names)):
-            params = [p.detach().requires_grad_() for p in saved_params[first : first + len(names)]]
+            saved = saved_params[first : first + len(names)]
             first += len(names)
+            own = list(fn.parameters())
+            # Usually the saved parameters are the module's own (unchanged since forward: autograd
+            # checks their versions), and fn runs as it is; functional_call (~0.5 ms a call) only
+            # when they are not, e.g. under torch.func.functional_call or with frozen parameters.
+            direct = len(own) == len(saved) and all(p is q and p.requires_grad for p, q in zip(own, saved))
+            params = own if direct else [p.detach().requires_grad_() for p in saved]
             with torch.enable_grad(), replay_statistics(ctx.stats[j]):
                 leaf = a.detach().requires_grad_(need_x)
-                y = torch.func.functional_call(fn, dict(zip(names, params)), (leaf,))
+                y = fn(leaf) if direct else torch.func.functional_call(fn, dict(zip(names, params)), (leaf,))
             if need_w:
                 grad_w[j] = weight_grads(grad, [y])[0]
             if _releasable(fn) and y.grad_fn is not None:
