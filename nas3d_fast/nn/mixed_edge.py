@@ -263,8 +263,9 @@ class _RecomputeSum(torch.autograd.Function):
             first += len(names)
             own = list(fn.parameters())
             # Usually the saved parameters are the module's own (unchanged since forward: autograd
-            # checks their versions), and fn runs as it is; functional_call (~0.5 ms a call) only
-            # when they are not, e.g. under torch.func.functional_call or with frozen parameters.
+            # checks their versions), and fn runs as it is; functional_call, which swaps parameters
+            # in and out on every call, only when they are not (called under functional_call, or
+            # with frozen parameters).
             direct = len(own) == len(saved) and all(p is q and p.requires_grad for p, q in zip(own, saved))
             params = own if direct else [p.detach().requires_grad_() for p in saved]
             with torch.enable_grad(), replay_statistics(ctx.stats[j]):
