@@ -9,9 +9,10 @@ stay in the heap and the next batch reuses pages that are already mapped; on exi
 and returns the freed heap to the system with ``malloc_trim``.
 
 The price is the heap's fragmentation: small allocations split freed blocks, so some large ones are
-placed afresh, and the peak resident set grows by a varying amount (measured: sliding-window inference
-with a cheap predictor 121 MiB without it, 121-232 MiB with it over runs; with a small U-Net 405 MiB
-against 631-673 MiB, for 1.3-1.6x the speed). That is why it is opt-in
+placed afresh, and the peak resident set grows by an amount that varies from run to run. The ``unet``
+and ``unet_reuse`` cases of ``python -m benchmarks.run sliding_window`` (a small U-Net, without and
+with it) gave 405 and 499 MiB, and 0.98x and 1.50x MONAI's speed. Single runs of the ``unet_reuse``
+peak (``--peak-of nas3d_unet_reuse``) gave up to 673 MiB. That is why it is opt-in
 (``sliding_window_inference(..., reuse_freed_pages=True)``, or this context manager around any code).
 
 glibc offers no way to read the thresholds or to turn its dynamic threshold back on, so on exit they
