@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason
         ((1, 8, 16, 16, 16), (3, 3, 3), 1),  # weight gradient through the two halves
         ((1, 8, 16, 12, 10), (3, 3, 1), 1),
         ((1, 8, 16, 16, 16), (1, 1, 3), 1),
-        ((1, 16, 8, 8, 8), (3, 3, 3), 1),  # 8^3: torch's weight gradient
+        ((1, 16, 8, 8, 8), (3, 3, 3), 1),  # 8^3, 27 taps: the halves
+        ((1, 64, 8, 8, 8), (1, 1, 3), 1),  # 8^3, 3 taps: torch's weight gradient
         ((1, 8, 17, 9, 10), (3, 3, 3), 1),  # odd X: torch's weight gradient
         ((1, 8, 16, 16, 16), (3, 3, 3), 2),
         ((1, 8, 15, 16, 9), (3, 1, 3), (2, 1, 2)),
@@ -132,3 +133,13 @@ def test_pointwise_route_only_where_it_is_a_matrix_product():
         out = conv3d(x.to("meta"), w.to("meta"))
     assert out.shape == (1, 3, 6, 6, 6) and out.device.type == "meta"
     torch.testing.assert_close(conv3d(x, w, 2, 0), F.conv3d(x, w, stride=2))  # torch's route
+
+
+def test_weight_gradient_in_halves_where_it_pays():
+    from nas3d_fast.nn.conv import halves_pay
+
+    def pays(size, kernel):
+        return halves_pay(torch.zeros(1, 8, *size), torch.zeros(8, 8, *kernel))
+
+    assert pays((16, 4, 4), (1, 1, 3)) and pays((8, 8, 8), (3, 3, 1)) and pays((8, 8, 8), (3, 3, 3))
+    assert not pays((8, 8, 8), (1, 1, 3)) and not pays((4, 4, 4), (3, 3, 3))

@@ -11,7 +11,8 @@ calls oneDNN directly:
 - forward: ``aten.mkldnn_convolution``;
 - input gradient (stride 1): the oneDNN convolution of the output gradient with the kernel transposed
   (in/out channels) and flipped;
-- weight gradient (X >= 16): ``aten.convolution_backward`` on the volume cut in two halves along X
+- weight gradient (``halves_pay``: X >= 16, or X >= 8 for kernels of 9 or more taps):
+  ``aten.convolution_backward`` on the volume cut in two halves along X
   (each with the kernel's halo) and stacked as a batch of 2, which torch itself sends to oneDNN.
   The rest of the backward of strided convolutions is torch's own.
 
@@ -56,6 +57,11 @@ def meta_as_cpu():
         _META_AS_CPU.reset(token)
 
 
+def runs_as_cpu(t: torch.Tensor) -> bool:
+    """Whether t takes the CPU routes: a CPU tensor, or a meta one within ``meta_as_cpu``."""
+    return t.device.type == "cpu" or (t.device.type == "meta" and _META_AS_CPU.get())
+
+
 def _triple(v) -> tuple[int, int, int]:
     return (v, v, v) if isinstance(v, int) else tuple(int(n) for n in v)
 
@@ -65,7 +71,7 @@ def takes_slow_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
     oneDNN is usable: a batch-1 float32 volume of at least 8^3 voxels with N * C * X * Y <= 20480 and a
     kernel larger than 1 (on smaller volumes the route gains nothing)."""
     return (
-        (x.device.type == "cpu" or (x.device.type == "meta" and _META_AS_CPU.get()))
+        runs_as_cpu(x)
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and x.dim() == 5
@@ -87,7 +93,7 @@ def is_pointwise(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> bool
     padding, plain float32 or float64 CPU tensors of one dtype (meta ones within ``meta_as_cpu``),
     outside CPU autocast (which would run F.conv3d in lower precision)."""
     return (
-        (x.device.type == "cpu" or (x.device.type == "meta" and _META_AS_CPU.get()))
+        runs_as_cpu(x)
         and weight.device == x.device
         and x.dim() == 5
         and weight.dim() == 5
@@ -129,12 +135,11 @@ def conv3d_grads(
         back = [k - 1 - p for p, k in zip(padding, weight.shape[2:])]
         grad_x = torch.ops.aten.mkldnn_convolution(grad.contiguous(), flipped, None, back, [1, 1, 1], [1, 1, 1], 1)
         need_x = False
-    # On 8^3 and smaller volumes the halves gain nothing (measured equal at 8^3, 2x slower at 4^3).
     if (
         need_weight
         and fast
         and stride[0] == 1
-        and x.shape[2] >= 16
+        and halves_pay(x, weight)
         and x.shape[2] % 2 == 0
         and grad.shape[2] == x.shape[2]
     ):
@@ -157,6 +162,16 @@ def conv3d_grads(
         grad_x = gx if need_x else grad_x
         grad_w = gw if need_weight else grad_w
     return grad_x, grad_w
+
+
+def halves_pay(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the weight gradient through the two X-halves beats torch's: from X = 16, and at X = 8
+    for kernels of 9 or more taps. With AVX-512, X = 8 in halves took the c128_s8 case of
+    ``python -m benchmarks.run conv_route`` (3x3x3, forward and backward) from 1.45x to 1.78x of
+    F.conv3d; at 8^3 kernels of 3 taps were slower in halves, and so was every 4^3 volume. With AVX2
+    the halves were even at 8^3."""
+    taps = weight.shape[2] * weight.shape[3] * weight.shape[4]
+    return x.shape[2] >= 16 or (x.shape[2] >= 8 and taps >= 9)
 
 
 def _weight_grad_as_batch_of_two(x, weight, grad, stride, padding) -> torch.Tensor:
