@@ -26,7 +26,16 @@ from nas3d_fast import _atomic
 
 from .core import Suite, peak_memory_mib, time_interleaved
 
-SUITES = ("gumbel", "mixed_edge", "sliding_window", "axial_attention", "supernet", "memory_prediction", "conv_route")
+SUITES = (
+    "gumbel",
+    "mixed_edge",
+    "sliding_window",
+    "axial_attention",
+    "supernet",
+    "memory_prediction",
+    "conv_route",
+    "upsample",
+)
 
 
 def load_suite(name: str) -> Suite:

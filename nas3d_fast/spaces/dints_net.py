@@ -21,6 +21,7 @@ from torch import nn
 from ..nn import MixedEdge3d, make_candidate
 from ..nn.conv import Conv3d
 from ..nn.norm import InstanceNorm3d
+from ..nn.resample import UpsampleTrilinear, factorized_reduce, upsample_trilinear
 from .base import Supernet
 from .dints_topology import edge_scales
 
@@ -66,8 +67,7 @@ class FactorizedReduce(nn.Module):
         self.norm = InstanceNorm3d(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = F.relu(x)
-        return self.norm(torch.cat([self.conv_1(a), self.conv_2(a[:, :, 1:, 1:, 1:])], dim=1))
+        return self.norm(factorized_reduce(x, self.conv_1.weight, self.conv_2.weight))
 
 
 class FactorizedIncrease(nn.Module):
@@ -80,7 +80,7 @@ class FactorizedIncrease(nn.Module):
         self.norm = InstanceNorm3d(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=True)
+        up = upsample_trilinear(x, 2, align_corners=True)
         return self.norm(self.conv(F.relu(up)))
 
 
@@ -139,7 +139,7 @@ class Stems(nn.Module):
                     nn.ReLU(),
                     Conv3d(up_in, up_out, 3, padding=1, bias=False),
                     InstanceNorm3d(up_out),
-                    nn.Upsample(scale_factor=scale, mode="trilinear", align_corners=True),
+                    UpsampleTrilinear(scale, align_corners=True),
                 )
             )
         self.stem_finals = nn.Sequential(ActConvNorm(ch[0], ch[0]), nn.Conv3d(ch[0], num_classes, 1, bias=True))
