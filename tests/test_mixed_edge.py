@@ -200,14 +200,40 @@ def test_coarse_wide_scale_runs_p3d_unmerged():
     shared edge runs the pair on the recompute path; the result still equals the eager edge."""
     names = ["conv3x3x3", "p3d_3x3x1_1x1x3", "p3d_1x3x3_3x1x1", "identity", "zero"]
     edge = _edge(16, 16, "shared", 1, names=names)
-    assert not edge.ops[1].merges_at(8) and edge.ops[1].merges_at(4096)
+    assert not edge.ops[1].merges_at(30) and edge.ops[1].merges_at(4096)
     calls = _count_calls(edge)
-    x, w = _inputs(edge, shape=(1, 2, 2, 2))
+    x, w = _inputs(edge, shape=(1, 2, 3, 5))  # 30 voxels: not few enough for keeps_outputs
+    assert not edge.keeps_outputs(x)
     leaves = [x, w, *edge.parameters()]
     got, want = edge(x, w), eager(edge, x, w)
     assert calls[1] == 1 and calls[2] == 1  # each ran once (forward), not through its kernel as well
     torch.testing.assert_close(got, want)
     _assert_grads_close(_grads(got, leaves), _grads(want, leaves))
+
+
+@pytest.mark.parametrize("norm", ["shared", "per_op"])
+@pytest.mark.parametrize("sampled", [False, True])
+def test_tiny_activation_runs_plain_autograd(norm, sampled):
+    """Where a kernel holds KEEP_OUTPUTS_RATIO times the output's values, the edge keeps every
+    candidate's output (plain autograd) and still equals the eager edge, path scale included."""
+    edge = _edge(16, 16, norm, 1)
+    x, w = _inputs(edge, shape=(1, 3, 3, 3))
+    assert edge.keeps_outputs(x) and not edge.keeps_outputs(torch.zeros(1, 16, 4, 4, 4))
+    scale = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    weights = w
+    if sampled:
+        chosen = torch.tensor([2, 5])
+        w = torch.zeros_like(w).index_copy(0, chosen, w[chosen]).detach().requires_grad_()
+        weights = (w, chosen)
+    leaves = [x, w, scale, *edge.parameters()]
+    got = edge(x, weights, scale=scale)
+    want = eager(edge, x, weights) * scale
+    torch.testing.assert_close(got, want)
+    _assert_grads_close(_grads(got, leaves), _grads(want, leaves))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        edge(x, weights, scale=scale)
+    assert sum(n >= x.numel() for n in saved) >= (2 if sampled else len(edge.ops) - 1)
 
 
 @pytest.mark.parametrize(

@@ -216,10 +216,12 @@ class P3D(Candidate):
     def kernel_from(self, params: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
         first, second = params
         o, i = first.shape[:2]
-        # (O, I, 9 first taps, 3 second taps), then the taps back on their axes.
-        k = torch.einsum("omq,mip->oipq", second.reshape(o, o, 3), first.reshape(o, i, 9))
+        # One product (O * 3 second taps, O) @ (O, I * 9 first taps), viewed (not copied) as (O, I,
+        # 3, 3, 3) with the taps on their axes: kernel_merge reads kernels in place whatever their strides.
+        k = torch.mm(second.reshape(o, o, 3).transpose(1, 2).reshape(o * 3, o), first.reshape(o, i * 9))
+        k = k.view(o, 3, i, 3, 3).permute(0, 2, 3, 4, 1)  # (O, I, first taps, second tap)
         order = self._tap_axes()  # which spatial axis each of dims 2, 3, 4 of k is
-        return k.reshape(o, i, 3, 3, 3).permute(0, 1, *(2 + order.index(a) for a in range(3)))
+        return k.permute(0, 1, *(2 + order.index(a) for a in range(3)))
 
     def kernel_vjp(self, params: Sequence[torch.Tensor], grad_kernel: torch.Tensor):
         """Without composing the kernel: with G the kernel gradient in the composed layout,
@@ -228,11 +230,13 @@ class P3D(Candidate):
         differentiating the composed kernel took three (composing it again, then its backward)."""
         first, second = params
         o, i = first.shape[:2]
-        g = grad_kernel.permute(0, 1, *(2 + a for a in self._tap_axes())).reshape(o, i, 9, 3)
-        f = first.reshape(o, i, 9)
-        h = torch.einsum("omq,oipq->mip", second.reshape(o, o, 3), g)
-        grad_second = torch.einsum("oipq,mip->omq", g, f)
-        return [h.reshape(first.shape), grad_second.reshape(second.shape)], (f * h).sum()
+        # G as an (O * 3 second taps, I * 9 first taps) matrix: the one copy of the kernel gradient.
+        axes = self._tap_axes()
+        g = grad_kernel.permute(0, 2 + axes[2], 1, 2 + axes[0], 2 + axes[1]).reshape(o * 3, i * 9)
+        h = torch.mm(second.reshape(o, o, 3).permute(1, 0, 2).reshape(o, o * 3), g)  # (M, I * 9)
+        grad_second = torch.mm(g, first.reshape(o, i * 9).t())  # (O * 3, M)
+        grad_second = grad_second.view(o, 3, o).transpose(1, 2).reshape(second.shape)
+        return [h.view(first.shape), grad_second], torch.dot(first.reshape(-1), h.view(-1))
 
 
 class SepDil(Candidate):

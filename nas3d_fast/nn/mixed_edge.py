@@ -16,6 +16,14 @@ output into the sum as soon as it is computed, and the backward recomputes the c
 time, reducing each weight gradient <grad, op_k(x)> with a fused kernel (``weighted_sum_backward``)
 while that candidate's output exists, so K candidate outputs never coexist in memory.
 
+Tiny activations (``keeps_outputs``): where a candidate's kernel holds at least ``KEEP_OUTPUTS_RATIO``
+times as many values as the edge's output (coarse, wide scales: 4^3 voxels at 256 channels), both
+placements run the plain autograd computation instead, keeping every candidate's output (together
+less memory than one kernel) rather than recomputing candidates and rebuilding kernels, which there
+cost more than the convolutions themselves: forward + backward of a dints edge (five candidates) at
+(1, 256, 4^3) took 26-31 ms fused and 15-17 ms plain (the README gives the command); a dints supernet
+step at channel_mul 0.5 runs 24 such edges.
+
 Sampled paths (SCNAS, GDAS): pass the ``(weights, indices)`` that ``ops.gumbel_topk`` returns for this
 edge; only the candidates in ``indices`` are computed, the others receive no gradient (their weight
 gradient is 0; in the gumbel op it is multiplied by a zero Jacobian anyway).
@@ -37,6 +45,7 @@ from .conv import conv3d, conv3d_grads
 from .norm import InstanceNorm3d, record_statistics, replay_statistics
 
 NORMS = ("shared", "per_op")
+KEEP_OUTPUTS_RATIO = 16  # kernel values (C_out * C_in * 27) per output value from which keeps_outputs
 LEAKY_SLOPE = 0.01
 ACTS = ("relu", "leaky_relu")
 
@@ -107,13 +116,42 @@ class MixedEdge3d(nn.Module):
         folded into the shared norm's affine parameters or into the per_op weights, so that it costs no
         activation-sized tensor; differentiable in scale."""
         w, active = self._parse_weights(x, weights)
+        if self.keeps_outputs(x):
+            return self._plain(x, w, active, scale)
         if self.norm_placement == "shared":
             return self._shared(x, w, active, scale)
         if scale is not None:
             w = w * scale.to(w.dtype)
         return self._per_op(x, w, active)
 
+    def keeps_outputs(self, x: torch.Tensor) -> bool:
+        """Whether this edge runs plain autograd on x: a 3x3x3 kernel of it (C_out * C_in * 27 values)
+        holds at least ``KEEP_OUTPUTS_RATIO`` times as many values as its output (N * C_out * X' *
+        Y' * Z')."""
+        out_voxels = x.shape[0] * math.prod(out_size(n, self.stride) for n in x.shape[2:])
+        return self.in_channels * 27 >= KEEP_OUTPUTS_RATIO * out_voxels
+
     # -- the two placements --------------------------------------------------------------------
+
+    def _plain(self, x: torch.Tensor, w: torch.Tensor, active: list[int], scale) -> torch.Tensor:
+        """Either placement as plain autograd: every candidate's output is kept for backward."""
+        live = [k for k in active if self.ops[k].name != "zero"]
+        if not live:
+            y = self.ops[active[0]](x)
+            return self.norm(y, scale) if self.norm_placement == "shared" else y
+        if self.norm_placement == "shared":
+            a = activation(x, self.act)
+            fns = [self.ops[k] for k in live]
+        else:
+            a = x
+            fns = [_PerOp(self.ops[k], self.norms[str(k)] if str(k) in self.norms else None, self.act) for k in live]  # noqa: SIM401 (ModuleDict has no .get)
+            if scale is not None:
+                w = w * scale.to(w.dtype)
+        y = None
+        for k, fn in zip(live, fns):
+            term = fn(a) * w[k]
+            y = term if y is None else y + term
+        return self.norm(y, scale) if self.norm_placement == "shared" else y
 
     def _shared(self, x: torch.Tensor, w: torch.Tensor, active: list[int], scale=None) -> torch.Tensor:
         voxels = x.shape[0] * math.prod(out_size(n, self.stride) for n in x.shape[2:])
