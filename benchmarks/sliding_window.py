@@ -7,6 +7,10 @@ arguments (``monai.inferers.sliding_window_inference``).
   output, then argmax over channels, device="cpu"; nas3d: output="labels", streamed slab by slab).
 - ``unet``: MONAI's UNet(3, 1 -> 3, channels (8, 16, 32, 64), strides (2, 2, 2), num_res_units=1) in
   eval mode under no_grad, (1, 1, 192, 192, 160), gaussian, overlap 0.5.
+- ``cheap_predictor_only`` (a diagnostic, not a result): the cheap predictor alone on the windows of
+  ``cheap_gaussian`` (27 windows in batches of 4), with no gathering or stitching. MONAI's time over
+  its time, ``cheap_gaussian.speedup_ceiling``, bounds what any inference machinery can reach with
+  that predictor on the machine.
 - ``unet_reuse``: the ``unet`` case with ``reuse_freed_pages=True`` (not a MONAI argument: nas3d's
   opt-in trade of peak memory for speed), against the same MONAI call.
 MONAI is a benchmark dependency (the ``bench`` extra); without it the MONAI cases are skipped.
@@ -71,12 +75,27 @@ def _make(side: str, case: str):
     return build
 
 
+def _cheap_predictor_only(device: str):
+    """The cheap predictor on cheap_gaussian's 27 windows (3 x 3 x 3 positions), batches of 4."""
+    sizes = [SW_BATCH] * (27 // SW_BATCH) + [27 % SW_BATCH]
+    batches = [_input((n, 1, *ROI), device) for n in sizes if n]
+
+    def run():
+        for batch in batches:
+            _cheap(batch)
+
+    return run
+
+
 CASE_NAMES = ("cheap_gaussian", "labels_large", "unet")
 CASES = tuple(
     Case(f"{side}_{name}", _make(side, name), side, devices=("cpu", "cuda"), skip_reason=_monai_skip)
     for name in CASE_NAMES
     for side in ("nas3d", "monai")
-) + (Case("nas3d_unet_reuse", _make("nas3d", "unet_reuse"), "nas3d", devices=("cpu",), skip_reason=_monai_skip),)
+) + (
+    Case("nas3d_unet_reuse", _make("nas3d", "unet_reuse"), "nas3d", devices=("cpu",), skip_reason=_monai_skip),
+    Case("cheap_predictor_only", _cheap_predictor_only, "floor", devices=("cpu", "cuda")),
+)
 
 SUITE = Suite(
     name="sliding_window",
@@ -85,6 +104,7 @@ SUITE = Suite(
     ratios=(
         Ratio("cheap_gaussian.speedup_vs_monai", "nas3d_cheap_gaussian", "monai_cheap_gaussian"),
         Ratio("cheap_gaussian.memory_vs_monai", "nas3d_cheap_gaussian", "monai_cheap_gaussian", kind="memory"),
+        Ratio("cheap_gaussian.speedup_ceiling", "cheap_predictor_only", "monai_cheap_gaussian"),
         Ratio("labels_large.speedup_vs_monai", "nas3d_labels_large", "monai_labels_large"),
         Ratio("labels_large.memory_vs_monai", "nas3d_labels_large", "monai_labels_large", kind="memory"),
         Ratio("unet.speedup_vs_monai", "nas3d_unet", "monai_unet"),
