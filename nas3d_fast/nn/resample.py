@@ -8,11 +8,10 @@ On a (C, D, H, W) volume the three products need no transposes:
 - along H: M_H @ (C * D, H, W'), batched over C * D;
 - along D: M_D @ (C, D, H' * W'), batched over C.
 
-torch's CPU ``upsample_trilinear3d`` gathers eight neighbours per output voxel instead. At
-(1, 64, 16, 16, 16) up by 2 the products take 1.6 ms forward and 1.5 ms backward (autograd's
-products with the transposed matrices) where torch's kernel takes 5.8 and 5.6 ms
-(``python -m benchmarks.run upsample``): the up edges and output stems of a dints supernet run it 40 times
-per training step. Results equal ``F.interpolate`` to float32 rounding (the two weights of each
+torch's CPU ``upsample_trilinear3d`` gathers eight neighbours per output voxel instead. Forward +
+backward (autograd's products with the transposed matrices) of (1, 64, 16, 16, 16) up by 2 ran 3.6x
+as fast as torch's kernel (``python -m benchmarks.run upsample``); the up edges and output stems of a
+dints supernet up-sample 40 times per training step. Results equal ``F.interpolate`` to float32 rounding (the two weights of each
 output are summed in another order).
 
 Elsewhere (CUDA, where torch's kernel is bandwidth-bound already; other tensor subclasses; meta tensors
