@@ -248,6 +248,7 @@ def test_benchmark_suite_has_the_issue_ratio_keys():
         "unet.speedup_vs_monai",
         "unet_reuse.speedup_vs_monai",  # the opt-in reuse_freed_pages, beyond the issue's table
         "unet_reuse.memory_vs_monai",
+        "cheap_gaussian.speedup_ceiling",  # diagnostic: MONAI over the cheap predictor alone
     }
     for r in SUITE.ratios:
         SUITE.case(r.case), SUITE.case(r.baseline)  # both sides exist
