@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from nas3d_fast.nn.conv import conv3d
 
-from .core import Case, Ratio, Suite
+from .core import per_shape_suite
 
 SHAPES = ((64, 16), (128, 8), (256, 4))
 
@@ -34,14 +34,9 @@ def _step(channels: int, size: int, ours: bool):
     return build
 
 
-CASES = tuple(
-    Case(f"c{c}_s{s}_{side}", _step(c, s, side == "nas3d"), side) for c, s in SHAPES for side in ("nas3d", "torch")
-)
-
-SUITE = Suite(
-    name="conv_route",
-    description="conv3d (oneDNN for batch-1 CPU volumes) vs F.conv3d (slow_conv3d there), forward + backward",
-    cases=CASES,
-    ratios=tuple(Ratio(f"c{c}_s{s}.speedup_vs_torch", f"c{c}_s{s}_nas3d", f"c{c}_s{s}_torch") for c, s in SHAPES),
-    quick_cases=("c64_s16_nas3d", "c64_s16_torch"),
+SUITE = per_shape_suite(
+    "conv_route",
+    "conv3d (oneDNN for batch-1 CPU volumes) vs F.conv3d (slow_conv3d there), forward + backward",
+    SHAPES,
+    _step,
 )

@@ -74,6 +74,18 @@ def calibrate(fn: Callable[[], object], device: str, target_s: float = 0.01) -> 
         number = max(number * 2, int(number * target_s / max(elapsed, 1e-9)))
 
 
+def per_shape_suite(name: str, description: str, shapes, step) -> Suite:
+    """A suite of one nas3d and one torch case per (channels, size) in ``shapes``, named
+    ``c{C}_s{S}_nas3d`` / ``c{C}_s{S}_torch``, with ratio keys ``c{C}_s{S}.speedup_vs_torch``;
+    ``step(channels, size, ours)`` builds a case (``Case.build``)."""
+    cases = tuple(
+        Case(f"c{c}_s{s}_{side}", step(c, s, side == "nas3d"), side) for c, s in shapes for side in ("nas3d", "torch")
+    )
+    ratios = tuple(Ratio(f"c{c}_s{s}.speedup_vs_torch", f"c{c}_s{s}_nas3d", f"c{c}_s{s}_torch") for c, s in shapes)
+    c, s = shapes[0]
+    return Suite(name, cases, ratios, description, quick_cases=(f"c{c}_s{s}_nas3d", f"c{c}_s{s}_torch"))
+
+
 def time_interleaved(
     fns: dict[str, Callable[[], object]],
     device: str,
