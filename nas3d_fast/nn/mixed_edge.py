@@ -116,45 +116,48 @@ class MixedEdge3d(nn.Module):
         folded into the shared norm's affine parameters or into the per_op weights, so that it costs no
         activation-sized tensor; differentiable in scale."""
         w, active = self._parse_weights(x, weights)
+        if self.norm_placement == "per_op" and scale is not None:
+            w, scale = w * scale.to(w.dtype), None  # folded into the candidate weights
         if self.keeps_outputs(x):
             return self._plain(x, w, active, scale)
         if self.norm_placement == "shared":
             return self._shared(x, w, active, scale)
-        if scale is not None:
-            w = w * scale.to(w.dtype)
         return self._per_op(x, w, active)
 
     def keeps_outputs(self, x: torch.Tensor) -> bool:
         """Whether this edge runs plain autograd on x: a 3x3x3 kernel of it (C_out * C_in * 27 values)
         holds at least ``KEEP_OUTPUTS_RATIO`` times as many values as its output (N * C_out * X' *
         Y' * Z')."""
-        out_voxels = x.shape[0] * math.prod(out_size(n, self.stride) for n in x.shape[2:])
-        return self.in_channels * 27 >= KEEP_OUTPUTS_RATIO * out_voxels
+        return self.in_channels * 27 >= KEEP_OUTPUTS_RATIO * self._out_voxels(x)
+
+    def _out_voxels(self, x: torch.Tensor) -> int:
+        """N * X' * Y' * Z': the output's voxels over the batch."""
+        return x.shape[0] * math.prod(out_size(n, self.stride) for n in x.shape[2:])
+
+    def _per_op_fns(self, live: list[int]) -> list[nn.Module]:
+        """The per_op candidates ``live`` with their activation and norm (``_PerOp``)."""
+        return [_PerOp(self.ops[k], self.norms[str(k)] if str(k) in self.norms else None, self.act) for k in live]  # noqa: SIM401 (ModuleDict has no .get)
 
     # -- the two placements --------------------------------------------------------------------
 
     def _plain(self, x: torch.Tensor, w: torch.Tensor, active: list[int], scale) -> torch.Tensor:
-        """Either placement as plain autograd: every candidate's output is kept for backward."""
+        """Either placement as plain autograd: every candidate's output is kept for backward (per_op:
+        scale is None, already in w)."""
+        shared = self.norm_placement == "shared"
         live = [k for k in active if self.ops[k].name != "zero"]
         if not live:
             y = self.ops[active[0]](x)
-            return self.norm(y, scale) if self.norm_placement == "shared" else y
-        if self.norm_placement == "shared":
-            a = activation(x, self.act)
-            fns = [self.ops[k] for k in live]
         else:
-            a = x
-            fns = [_PerOp(self.ops[k], self.norms[str(k)] if str(k) in self.norms else None, self.act) for k in live]  # noqa: SIM401 (ModuleDict has no .get)
-            if scale is not None:
-                w = w * scale.to(w.dtype)
-        y = None
-        for k, fn in zip(live, fns):
-            term = fn(a) * w[k]
-            y = term if y is None else y + term
-        return self.norm(y, scale) if self.norm_placement == "shared" else y
+            a = activation(x, self.act) if shared else x
+            fns = [self.ops[k] for k in live] if shared else self._per_op_fns(live)
+            y = None
+            for k, fn in zip(live, fns):
+                term = fn(a) * w[k]
+                y = term if y is None else y + term
+        return self.norm(y, scale) if shared else y
 
     def _shared(self, x: torch.Tensor, w: torch.Tensor, active: list[int], scale=None) -> torch.Tensor:
-        voxels = x.shape[0] * math.prod(out_size(n, self.stride) for n in x.shape[2:])
+        voxels = self._out_voxels(x)
         live = [k for k in active if self.ops[k].name != "zero"]
         merged = [k for k in live if self.ops[k].merges_at(voxels)]
         others = [k for k in live if k not in merged]
@@ -171,8 +174,7 @@ class MixedEdge3d(nn.Module):
         live = [k for k in active if self.ops[k].name != "zero"]
         if not live:
             return self.ops[active[0]](x)
-        fns = [_PerOp(self.ops[k], self.norms[str(k)] if str(k) in self.norms else None, self.act) for k in live]  # noqa: SIM401 (ModuleDict has no .get)
-        return recompute_sum(fns, x, _take(w, live), None, None)
+        return recompute_sum(self._per_op_fns(live), x, _take(w, live), None, None)
 
     # -- weights ---------------------------------------------------------------------------------
 
