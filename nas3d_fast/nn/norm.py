@@ -1,8 +1,13 @@
 """A memory-lean InstanceNorm3d: the same function as ``torch.nn.InstanceNorm3d(C, affine=True)``
-(biased variance, eps 1e-5, no running statistics), with a backward that keeps only its input and
-per-channel statistics and allocates nothing but the input gradient. torch's CPU instance norm goes
-through batch norm on a reshaped view and holds an extra input-sized buffer in forward and backward,
-which on a supernet edge is one activation too many."""
+(biased variance, eps 1e-5, no running statistics), whose backward keeps only its input and
+per-channel statistics. torch's CPU instance norm goes through batch norm on a reshaped view and
+holds an extra input-sized buffer from forward to backward, which on a supernet edge is one
+activation too many.
+
+The backward on CPU is torch's batch-norm backward kernel on the (1, N * C, voxels) view with the
+saved statistics: two fused passes, and an input-sized temporary that lives only inside the call.
+The formula in torch ops (elsewhere) took 6-16% longer per dints supernet step (README, "Benchmark
+suite supernet"); the steps' peak memory did not change."""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+
+from .conv import runs_as_cpu
 
 _STATS: contextvars.ContextVar[tuple[str, object] | None] = contextvars.ContextVar("nas3d_norm_stats", default=None)
 
@@ -97,33 +104,66 @@ class _InstanceNorm(torch.autograd.Function):
         scale = rstd * weight.view(1, -1, 1, 1, 1)
         out = torch.addcmul(bias.view(1, -1, 1, 1, 1) - mean * scale, x, scale)  # one pass over x
         ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.eps = eps
         return out
 
     @staticmethod
     def backward(ctx, grad):
         x, weight, mean, rstd = ctx.saved_tensors
-        c = x.shape[1]
-        count = x[0, 0].numel()
-        sum_g = grad.sum(dim=(2, 3, 4), keepdim=True)
-        # sum of grad * x per (n, c), a few channels at a time: the product buffer stays small
-        # (a batched bmm dot needs none but runs ~5x slower on CPU). Chunks by split and sums written
-        # in place: two ops a chunk (six with slicing and assignment), which the memory profiler's
-        # tracer pays for per op.
-        sum_gx = torch.empty_like(sum_g)
-        step = max(1, c // 8)
-        for g_c, x_c, out_c in zip(grad.split(step, 1), x.split(step, 1), sum_gx.split(step, 1)):
-            torch.sum(g_c * x_c, dim=(2, 3, 4), keepdim=True, out=out_c)
-        sum_g_xhat = (sum_gx - mean * sum_g) * rstd  # sum of grad * normalised x, per (n, c)
-        grad_weight = sum_g_xhat.sum(0).view(-1) if ctx.needs_input_grad[1] else None
-        grad_bias = sum_g.sum(0).view(-1) if ctx.needs_input_grad[2] else None
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            # d/dx = gamma rstd (g - mean(g) - xhat mean(g xhat)) = a g + b x + c0 per (n, c)
-            a = weight.view(1, -1, 1, 1, 1) * rstd
-            b = -a * rstd * sum_g_xhat / count
-            c0 = -a * sum_g / count - b * mean
-            grad_x = torch.addcmul(c0, grad, a).addcmul_(x, b)
-        return grad_x, grad_weight, grad_bias, None
+        if runs_as_cpu(x):
+            return _batch_norm_backward(ctx, grad, x, weight, mean, rstd)
+        return _formula_backward(ctx, grad, x, weight, mean, rstd)
+
+
+def _formula_backward(ctx, grad, x, weight, mean, rstd):
+    """_InstanceNorm's backward in torch ops: allocates nothing input-sized but the input gradient."""
+    c = x.shape[1]
+    count = x[0, 0].numel()
+    sum_g = grad.sum(dim=(2, 3, 4), keepdim=True)
+    # sum of grad * x per (n, c), a few channels at a time: the product buffer stays small
+    # (a batched bmm dot needs none but runs ~5x slower on CPU). Chunks by split and sums written
+    # in place: two ops a chunk (six with slicing and assignment), which the memory profiler's
+    # tracer pays for per op.
+    sum_gx = torch.empty_like(sum_g)
+    step = max(1, c // 8)
+    for g_c, x_c, out_c in zip(grad.split(step, 1), x.split(step, 1), sum_gx.split(step, 1)):
+        torch.sum(g_c * x_c, dim=(2, 3, 4), keepdim=True, out=out_c)
+    sum_g_xhat = (sum_gx - mean * sum_g) * rstd  # sum of grad * normalised x, per (n, c)
+    grad_weight = sum_g_xhat.sum(0).view(-1) if ctx.needs_input_grad[1] else None
+    grad_bias = sum_g.sum(0).view(-1) if ctx.needs_input_grad[2] else None
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        # d/dx = gamma rstd (g - mean(g) - xhat mean(g xhat)) = a g + b x + c0 per (n, c)
+        a = weight.view(1, -1, 1, 1, 1) * rstd
+        b = -a * rstd * sum_g_xhat / count
+        c0 = -a * sum_g / count - b * mean
+        grad_x = torch.addcmul(c0, grad, a).addcmul_(x, b)
+    return grad_x, grad_weight, grad_bias, None
+
+
+def _batch_norm_backward(ctx, grad, x, weight, mean, rstd):
+    """_InstanceNorm's backward through ``aten.native_batch_norm_backward`` on the (1, N * C, voxels)
+    views (training mode: it reads the saved mean and rstd, no running statistics)."""
+    n, c = x.shape[:2]
+    need = list(ctx.needs_input_grad[:3])
+    grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
+        grad.reshape(1, n * c, -1),
+        x.reshape(1, n * c, -1),
+        weight.repeat(n),
+        None,
+        None,
+        mean.reshape(-1),
+        rstd.reshape(-1),
+        True,
+        ctx.eps,
+        need,
+    )
+    return (
+        grad_x.view(x.shape) if need[0] else None,
+        grad_w.view(n, c).sum(0) if need[1] else None,
+        grad_b.view(n, c).sum(0) if need[2] else None,
+        None,
+    )
 
 
 class InstanceNorm3d(nn.Module):
