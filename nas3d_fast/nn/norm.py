@@ -4,10 +4,16 @@ per-channel statistics. torch's CPU instance norm goes through batch norm on a r
 holds an extra input-sized buffer from forward to backward, which on a supernet edge is one
 activation too many.
 
-The backward on CPU is torch's batch-norm backward kernel on the (1, N * C, voxels) view with the
-saved statistics: two fused passes, and an input-sized temporary that lives only inside the call.
-The formula in torch ops (elsewhere) took 6-16% longer per dints supernet step (README, "Benchmark
-suite supernet"); the steps' peak memory did not change."""
+The backward of CPU inputs under ``NATIVE_BACKWARD_MAX_NUMEL`` values is torch's batch-norm backward
+kernel on the (1, N * C, voxels) view with the saved statistics: two fused passes, and an
+input-sized temporary that lives only inside the call (the dints supernet steps' peaks did not
+change). It took half the formula's time at (1, 64, 16^3) and (1, 128, 8^3): 201 against 382 us and
+109 against 221 us, best of 7 of ``python -m timeit -n 50 -r 7 -s "import torch; import
+nas3d_fast.nn.norm as m; m.NATIVE_BACKWARD_MAX_NUMEL = 1 << 19; n = m.InstanceNorm3d(64); x =
+torch.randn(1, 64, 16, 16, 16, requires_grad=True); y = n(x); g = torch.randn_like(y)"
+"torch.autograd.grad(y, x, g, retain_graph=True)"`` and of the same with the bound set to 0. At
+(1, 32, 32^3) the kernel was faster on that warm input but 2x slower when each call read other
+tensors, as in a training step, so larger inputs (and CUDA) keep the formula in torch ops."""
 
 from __future__ import annotations
 
@@ -47,6 +53,9 @@ def replay_statistics(log: list) -> Iterator[None]:
         _STATS.reset(token)
 
 
+# The CPU backward runs torch's batch-norm kernel below this many elements, the formula from there on
+# (where the kernel was slower: module docstring).
+NATIVE_BACKWARD_MAX_NUMEL = 1 << 19
 # Below this many elements torch.var_mean is as fast (the two-pass loop's per-chunk calls dominate).
 _TWO_PASS_MIN_NUMEL = 16384
 _TWO_PASS_CHUNK = 1 << 18  # elements of x - mean alive at once (1 MiB in float32)
@@ -110,7 +119,7 @@ class _InstanceNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight, mean, rstd = ctx.saved_tensors
-        if runs_as_cpu(x):
+        if runs_as_cpu(x) and x.numel() < NATIVE_BACKWARD_MAX_NUMEL:
             return _batch_norm_backward(ctx, grad, x, weight, mean, rstd)
         return _formula_backward(ctx, grad, x, weight, mean, rstd)
 
