@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .conv import runs_as_cpu
+from .conv import _PLAIN, runs_as_cpu
 
 _STATS: contextvars.ContextVar[tuple[str, object] | None] = contextvars.ContextVar("nas3d_norm_stats", default=None)
 
@@ -71,7 +71,7 @@ def _var_mean(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if (
         x.device.type != "cpu"
         or x.dtype != torch.float32
-        or type(x) not in (torch.Tensor, nn.Parameter)
+        or type(x) not in _PLAIN
         or x.numel() < _TWO_PASS_MIN_NUMEL
         or not x.is_contiguous()
     ):

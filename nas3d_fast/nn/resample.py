@@ -26,9 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import runs_as_cpu
-
-_PLAIN = (torch.Tensor, nn.Parameter)
+from .conv import _PLAIN, runs_as_cpu
 
 
 @functools.lru_cache(maxsize=64)
