@@ -282,3 +282,125 @@ class TestWindowArgmax(OpTests):
         labels = window_argmax(acc)
         assert labels.dtype == torch.int16 and torch.equal(labels.long(), acc.argmax(dim=0))
         assert window_argmax(acc[:256]).dtype == torch.uint8
+
+
+# --- regressions of issue 27 ------------------------------------------------------------------------------
+
+_OVERFLOW_SCRIPT = r"""
+import sys
+import torch
+import nas3d_fast
+from nas3d_fast import ops
+
+backend, op, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+nas3d_fast.set_backend(backend)
+big = torch.tensor([[0, 2**63 - 1, 0, 0]])
+try:
+    if op == "gather":
+        ops.window_gather(torch.randn(1, 1, size, size, size), big, [1, 1, 1])
+    else:
+        out = torch.zeros(1, 1, size, size, size)
+        ops.window_stitch(out, torch.full((1, 1, 1, 1, 1), 7.0), torch.ones(1, 1, 1), big)
+        print("sum of out", float(out.sum()))
+except (ValueError, RuntimeError) as e:
+    print("REFUSED", type(e).__name__, e)
+    sys.exit(0)
+print("ACCEPTED")
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference", "triton"])
+@pytest.mark.parametrize("op", ["gather", "stitch"])
+@pytest.mark.parametrize("size", [3, 4])
+def test_finding1_start_near_int64_max_is_refused(backend, op, size):
+    """Issue 27 finding 1: a start of 2**63 - 1 overflowed ``start + roi <= size`` in the shared C++ check,
+    so the cpu kernels read and wrote outside the volume (free(): invalid next size). Run in a subprocess:
+    the old code's heap corruption aborts that process, not pytest."""
+    import os
+    import subprocess
+    import sys
+
+    if not nas3d_fast_backends()[backend].usable:
+        pytest.skip(nas3d_fast_backends()[backend].reason)
+    proc = subprocess.run(
+        [sys.executable, "-c", _OVERFLOW_SCRIPT, backend, op, str(size)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+    )
+    assert proc.returncode == 0, f"rc={proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr[-2000:]}"
+    assert "REFUSED" in proc.stdout and "starts" in proc.stdout, proc.stdout
+
+
+def test_finding1_direct_op_call_is_refused():
+    """The same start through torch.ops.nas3d.window_gather/stitch (the C++ check alone), in a subprocess."""
+    import subprocess
+    import sys
+
+    if not nas3d_fast_backends()["cpu"].usable:
+        pytest.skip(nas3d_fast_backends()["cpu"].reason)
+    script = (
+        "import torch, nas3d_fast\n"
+        "big = torch.tensor([[0, 2**63 - 1, 0, 0]])\n"
+        "for f in (lambda: torch.ops.nas3d.window_gather(torch.randn(1, 1, 4, 4, 4), big, [1, 1, 1]),\n"
+        "          lambda: torch.ops.nas3d.window_stitch(torch.zeros(1, 1, 4, 4, 4), torch.ones(1, 1, 1, 1, 1),\n"
+        "                                                 torch.ones(1, 1, 1), big)):\n"
+        "    try:\n"
+        "        f()\n"
+        "        raise SystemExit('ACCEPTED')\n"
+        "    except (ValueError, RuntimeError) as e:\n"
+        "        assert 'starts[0]' in str(e), e\n"
+        "print('REFUSED')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "REFUSED" in proc.stdout, f"rc={proc.returncode} {proc.stdout} {proc.stderr[-2000:]}"
+
+
+def nas3d_fast_backends():
+    import nas3d_fast
+
+    return nas3d_fast.backends()
+
+
+def _odd_starts(starts: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "transposed":  # the same rows, column-major
+        return starts.t().contiguous().t()
+    if kind == "strided":  # every other row of a wider buffer
+        wide = torch.zeros(2 * starts.shape[0], 4, dtype=torch.int64)
+        wide[::2] = starts
+        return wide[::2]
+    return starts[:1].expand(starts.shape[0], 4)  # "expanded": one row, stride 0
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("kind", ["transposed", "strided", "expanded"])
+def test_finding2_starts_of_any_strides(backend, device, kind):
+    """Issue 27 finding 2: the Triton stitch read starts as if contiguous (rel. error 0.5-1.0 with 2 batches
+    and channels), while the cpu backend refused non-contiguous starts. Now every backend accepts starts of
+    any strides and agrees with the reference."""
+    gen = torch.Generator().manual_seed(5)
+    out = torch.randn(2, 3, 9, 8, 11, generator=gen, dtype=torch.float64)
+    pred = torch.randn(7, 3, *ROI, generator=gen, dtype=torch.float64)
+    weight = torch.rand(*ROI, generator=gen, dtype=torch.float64) + 0.1
+    starts = _odd_starts(_starts(2, (9, 8, 11), ROI, 7, gen), kind)
+    assert not starts.is_contiguous()
+    with forced_backend("reference"):
+        want = window_stitch(out.clone(), pred, weight, starts.contiguous())
+        want_g = window_gather(out, starts.contiguous(), ROI)
+    with forced_backend(backend):
+        got = window_stitch(out.clone().to(device), pred.to(device), weight.to(device), starts.to(device))
+        got_g = window_gather(out.to(device), starts.to(device), ROI)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_g.cpu(), want_g, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_finding5_argmax_into_an_overlapping_out_is_refused(backend, device):
+    """Issue 27 finding 5: an expanded (self-overlapping) out worked on cpu (each label overwrote the last)
+    and failed inside torch on the reference; every backend now refuses it, naming out."""
+    acc = torch.randn(3, 2, 2, 2, device=device)
+    out = torch.zeros(1, 1, 1, dtype=torch.uint8, device=device).expand(2, 2, 2)
+    with forced_backend(backend), pytest.raises(ValueError, match="out must not overlap itself"):
+        window_argmax(acc, out=out)

@@ -11,11 +11,11 @@
 namespace nas3d {
 namespace window {
 
+// starts may have any strides (the entry points read a contiguous copy: N x 4 values).
 inline void check_starts(const at::Tensor& starts, const at::Tensor& like) {
   NAS3D_CHECK_DIM(starts, "starts", 2);
   TORCH_CHECK(starts.size(1) == 4, "starts must have shape (N, 4) (b, z, y, x), got ", starts.sizes());
   TORCH_CHECK(starts.scalar_type() == at::kLong, "starts must be an int64 tensor, got ", starts.scalar_type());
-  TORCH_CHECK(starts.is_contiguous(), "starts must be contiguous");
   NAS3D_CHECK_SAME_DEVICE(like, starts, "the volume", "starts");
 }
 
@@ -93,14 +93,29 @@ inline void check_argmax_args(const at::Tensor& acc, const c10::optional<at::Ten
 }
 
 // Starts that put every window inside `shape` (b, and z/y/x with the window extent `roi`); host data only.
+// Overflow-safe: `start + roi <= size` wraps for a start near 2^63 and passes (the kernels then read and
+// write outside the buffer), so the bound is `start <= size - roi`, after `roi <= size` (checked by the
+// callers, and again here), which cannot wrap for sizes and extents >= 0. starts_cpu: (N, 4), any strides.
 inline void check_start_values(const at::Tensor& starts_cpu, at::IntArrayRef shape, at::IntArrayRef roi) {
+  TORCH_CHECK_VALUE(starts_cpu.device().is_cpu() && starts_cpu.scalar_type() == at::kLong && starts_cpu.dim() == 2 &&
+                        starts_cpu.size(1) == 4,
+                    "starts must be a (N, 4) int64 tensor on the host here, got ", starts_cpu.sizes());
+  TORCH_CHECK_VALUE(shape.size() == 5 && roi.size() == 3, "window shape check needs a 5D shape and 3 extents");
+  for (int d = 0; d < 3; ++d) {
+    TORCH_CHECK_VALUE(roi[d] >= 0 && roi[d] <= shape[2 + d], "the window ", roi, " must fit in the spatial shape ",
+                      shape.slice(2));
+  }
   const int64_t* s = starts_cpu.const_data_ptr<int64_t>();
+  const int64_t s0 = starts_cpu.stride(0), s1 = starts_cpu.stride(1);
   for (int64_t n = 0; n < starts_cpu.size(0); ++n) {
-    const int64_t* r = s + 4 * n;
-    TORCH_CHECK(r[0] >= 0 && r[0] < shape[0], "starts[", n, "] batch index ", r[0], " outside [0, ", shape[0], ")");
+    const int64_t* r = s + n * s0;
+    const int64_t b = r[0];
+    TORCH_CHECK_VALUE(b >= 0 && b < shape[0], "starts[", n, "] batch index ", b, " outside [0, ", shape[0], ")");
     for (int d = 0; d < 3; ++d) {
-      TORCH_CHECK(r[1 + d] >= 0 && r[1 + d] + roi[d] <= shape[2 + d], "starts[", n, "] puts the window of ", roi,
-                  " outside the spatial shape ", shape.slice(2), " (start ", r[1 + d], " on axis ", d, ")");
+      const int64_t start = r[(1 + d) * s1];
+      TORCH_CHECK_VALUE(start >= 0 && start <= shape[2 + d] - roi[d], "starts[", n, "] puts the window of ", roi,
+                        " outside the spatial shape ", shape.slice(2), " (start ", start, " on axis ", d,
+                        "; 0 <= start <= size - roi)");
     }
   }
 }

@@ -21,8 +21,9 @@ namespace {
 // Rows per task: a row is rw voxels (times the channels when stitching); aim at ~32k voxels per task.
 int64_t row_grain(int64_t rw) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(rw, 1)); }
 
-at::Tensor window_gather_cpu(const at::Tensor& volume, const at::Tensor& starts, at::IntArrayRef roi) {
-  check_gather_args(volume, starts, roi);
+at::Tensor window_gather_cpu(const at::Tensor& volume, const at::Tensor& starts_in, at::IntArrayRef roi) {
+  check_gather_args(volume, starts_in, roi);
+  const at::Tensor starts = starts_in.contiguous();  // any strides: the kernel reads rows of 4
   check_start_values(starts, volume.sizes(), roi);
   const int64_t N = starts.size(0), C = volume.size(1);
   const int64_t rd = roi[0], rh = roi[1], rw = roi[2];
@@ -73,8 +74,10 @@ void stitch_rows(scalar_t* __restrict__ o, const scalar_t* __restrict__ p, const
 // output rows (b, z, y) of the batch's bounding box, and each task adds the windows that cover its row
 // in window order (all channels of one window row together, so its importance-map row is read once), so
 // every voxel's sum is formed in the order n = 0, 1, ... with no two threads writing the same row.
-void window_stitch_cpu(at::Tensor& out, const at::Tensor& pred, const at::Tensor& weight, const at::Tensor& starts) {
-  check_stitch_args(out, pred, weight, starts);
+void window_stitch_cpu(at::Tensor& out, const at::Tensor& pred, const at::Tensor& weight,
+                       const at::Tensor& starts_in) {
+  check_stitch_args(out, pred, weight, starts_in);
+  const at::Tensor starts = starts_in.contiguous();
   const int64_t N = pred.size(0), C = pred.size(1);
   const int64_t rd = pred.size(2), rh = pred.size(3), rw = pred.size(4);
   check_start_values(starts, out.sizes(), pred.sizes().slice(2));

@@ -95,9 +95,13 @@ unsigned int num_blocks(int64_t total) {
   return static_cast<unsigned int>(std::min<int64_t>(blocks, 65535LL * 32));
 }
 
-at::Tensor window_gather_cuda(const at::Tensor& volume, const at::Tensor& starts, at::IntArrayRef roi) {
-  check_gather_args(volume, starts, roi);
+at::Tensor window_gather_cuda(const at::Tensor& volume, const at::Tensor& starts_in, at::IntArrayRef roi) {
+  check_gather_args(volume, starts_in, roi);
   const c10::cuda::CUDAGuard guard(volume.device());
+  const at::Tensor starts = starts_in.contiguous();  // any strides: the kernel reads rows of 4
+  // The bounds check needs the values on the host: one copy of N x 4 int64 (and a sync), as the Python
+  // layer did before; the kernels trust the starts, so direct callers are checked too.
+  check_start_values(starts.cpu(), volume.sizes(), roi);
   const int64_t N = starts.size(0), C = volume.size(1);
   at::Tensor out = at::empty({N, C, roi[0], roi[1], roi[2]}, volume.options());
   const int64_t total = out.numel();
@@ -112,9 +116,12 @@ at::Tensor window_gather_cuda(const at::Tensor& volume, const at::Tensor& starts
   return out;
 }
 
-void window_stitch_cuda(at::Tensor& out, const at::Tensor& pred, const at::Tensor& weight, const at::Tensor& starts) {
-  check_stitch_args(out, pred, weight, starts);
+void window_stitch_cuda(at::Tensor& out, const at::Tensor& pred, const at::Tensor& weight,
+                        const at::Tensor& starts_in) {
+  check_stitch_args(out, pred, weight, starts_in);
   const c10::cuda::CUDAGuard guard(out.device());
+  const at::Tensor starts = starts_in.contiguous();
+  check_start_values(starts.cpu(), out.sizes(), pred.sizes().slice(2));
   const int64_t N = pred.size(0);
   const int64_t rd = pred.size(2), rh = pred.size(3), rw = pred.size(4);
   const int64_t total = pred.size(1) * rd * rh * rw;

@@ -3,6 +3,11 @@
 Both ops work on 5D tensors (B, C, D, H, W); 1D/2D volumes are viewed as 5D with unit leading spatial
 axes by the caller. Windows are named by an (N, 4) int64 tensor of rows (b, z, y, x): the batch index
 and the first voxel of each window. Neither op has a gradient (inference only).
+
+One rule for ``starts`` on every backend: any strides are accepted (a transposed, sliced or expanded
+tensor); the op reads a contiguous copy of its N x 4 values, made once here before dispatch. The bounds
+check of the start values cannot overflow (``0 <= start <= size - roi``, not ``start + roi <= size``).
+Tensors written in place (``out``) must not overlap themselves (e.g. an expanded tensor) nor the inputs.
 """
 
 from __future__ import annotations
@@ -27,6 +32,40 @@ def _check_starts(starts, like: torch.Tensor, n_expected: int | None = None) -> 
         raise ValueError(f"starts must be on the device of the volume ({like.device}), got {starts.device}")
     if n_expected is not None and starts.shape[0] != n_expected:
         raise ValueError(f"starts must have one row per window of pred ({n_expected}), got {starts.shape[0]}")
+
+
+def _overlaps_itself(t: torch.Tensor) -> bool:
+    """True when two elements of t share memory (an expanded or as_strided view); torch's own test."""
+    return torch._debug_has_internal_overlap(t) == 1  # 0: no, 1: yes, 2: too hard to tell (treated as no)
+
+
+def _extent(t: torch.Tensor) -> tuple[int, int]:
+    """[first, last) byte range of t's elements in its storage."""
+    if t.numel() == 0:
+        return (0, 0)
+    first = t.storage_offset()
+    last = first + sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st > 0)
+    low = first + sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st < 0)
+    return (low * t.element_size(), (last + 1) * t.element_size())
+
+
+def _check_no_alias(written: torch.Tensor, name: str, others) -> None:
+    """Refuse inputs whose memory overlaps the tensor written in place (the result would depend on the
+    backend's order of reads and writes)."""
+    if written.device.type == "meta" or not checking_values(written):
+        return
+    if _overlaps_itself(written):
+        raise ValueError(f"{name} must not overlap itself (e.g. an expanded tensor): it is written in place")
+    if written.numel() == 0:
+        return
+    ptr = written.untyped_storage().data_ptr()
+    lo, hi = _extent(written)
+    for other, other_name in others:
+        if other is None or other.numel() == 0 or other.untyped_storage().data_ptr() != ptr:
+            continue
+        olo, ohi = _extent(other)
+        if olo < hi and lo < ohi:
+            raise ValueError(f"{other_name} must not share memory with {name} (which is written in place)")
 
 
 def _check_start_values(starts: torch.Tensor, shape: Sequence[int], roi: Sequence[int], what: str) -> None:
@@ -60,8 +99,9 @@ def window_gather(volume: torch.Tensor, starts: torch.Tensor, roi: Sequence[int]
 
     Args:
         volume: (B, C, D, H, W) float16/bfloat16/float32/float64, any strides (e.g. a padded image).
-        starts: (N, 4) int64 on volume's device, rows (b, z, y, x); each window
-            volume[b, :, z:z+rd, y:y+rh, x:x+rw] must lie inside the volume.
+        starts: (N, 4) int64 on volume's device, rows (b, z, y, x), any strides; each window
+            volume[b, :, z:z+rd, y:y+rh, x:x+rw] must lie inside the volume (else a ValueError naming
+            starts: 0 <= b < B, 0 <= z <= D - rd, ...).
         roi: (rd, rh, rw), the window extent in voxels.
 
     Returns:
@@ -70,8 +110,9 @@ def window_gather(volume: torch.Tensor, starts: torch.Tensor, roi: Sequence[int]
     check_tensor(volume, "volume", dim=5)
     _check_starts(starts, volume)
     roi = _check_roi(roi, volume)
+    starts = starts.contiguous()  # one rule for every backend: any strides
     backend = dispatch.choose("window_gather", volume.device, CUDA_ORDER)
-    if backend not in ("cpu",):  # the cpu kernel checks the start values itself
+    if backend not in ("cpu", "cuda"):  # the compiled kernels check the start values themselves
         _check_start_values(starts, volume.shape, roi, "the volume")
     return _GATHER[backend](volume, starts, roi)
 
@@ -87,9 +128,12 @@ def window_stitch(out: torch.Tensor, pred: torch.Tensor, weight: torch.Tensor, s
 
     Args:
         out: (B, C, D, H, W) contiguous accumulator, float16/bfloat16/float32/float64, modified in place.
-        pred: (N, C, rd, rh, rw) predicted windows, out's dtype and device, any strides (stride 0 too).
-        weight: (rd, rh, rw) importance map of one window, out's dtype and device.
-        starts: (N, 4) int64 rows (b, z, y, x) on out's device; each window must lie inside out.
+        pred: (N, C, rd, rh, rw) predicted windows, out's dtype and device, any strides (stride 0 too),
+            not sharing memory with out.
+        weight: (rd, rh, rw) importance map of one window, out's dtype and device, any strides, not
+            sharing memory with out.
+        starts: (N, 4) int64 rows (b, z, y, x) on out's device, any strides; each window must lie inside
+            out (else a ValueError naming starts).
 
     Returns:
         out.
@@ -113,9 +157,11 @@ def window_stitch(out: torch.Tensor, pred: torch.Tensor, weight: torch.Tensor, s
     if any(r > s for r, s in zip(pred.shape[2:], out.shape[2:])):
         raise ValueError(f"pred windows {tuple(pred.shape[2:])} must fit in out {tuple(out.shape[2:])}")
     _check_starts(starts, out, pred.shape[0])
+    _check_no_alias(out, "out", ((pred, "pred"), (weight, "weight")))
     weight = weight.contiguous()
+    starts = starts.contiguous()  # one rule for every backend: any strides
     backend = dispatch.choose("window_stitch", out.device, CUDA_ORDER)
-    if backend not in ("cpu",):
+    if backend not in ("cpu", "cuda"):
         _check_start_values(starts, out.shape, pred.shape[2:], "out")
     _STITCH[backend](out, pred, weight, starts)
     return out
@@ -149,8 +195,10 @@ def window_argmax(acc: torch.Tensor, weight_sum: torch.Tensor | None = None, *, 
             accumulator (1, C, D', H', W') indexed at batch 0).
         weight_sum: None, or (D, H, W) of acc's dtype and device, any strides (stride 0 broadcasts): the sum
             of the importance maps covering each voxel, > 0.
-        out: None, or (D, H, W) uint8/int16/int32/int64 on acc's device, any strides, written in place;
-            by default a new contiguous tensor of ``labels_dtype(C)``.
+        out: None, or (D, H, W) uint8/int16/int32/int64 on acc's device, any strides that do not
+            overlap (an expanded out is refused: which label would land is undefined), not sharing memory
+            with acc or weight_sum, written in place; by default a new contiguous tensor of
+            ``labels_dtype(C)``.
 
     Returns:
         out, the (D, H, W) labels.
@@ -177,6 +225,7 @@ def window_argmax(acc: torch.Tensor, weight_sum: torch.Tensor | None = None, *, 
             raise ValueError(f"out must be on the device of acc ({acc.device}), got {out.device}")
         if acc.shape[0] - 1 > _LABEL_MAX[out.dtype]:
             raise ValueError(f"out of dtype {out.dtype} cannot hold {acc.shape[0]} classes; use int16 or wider")
+        _check_no_alias(out, "out", ((acc, "acc"), (weight_sum, "weight_sum")))
     backend = dispatch.choose("window_argmax", acc.device, CUDA_ORDER)
     _ARGMAX[backend](acc, weight_sum, out)
     return out
