@@ -14,35 +14,29 @@ A training checkpoint ``RUN/checkpoint.pt`` is a ``torch.save``d dict (``format:
     config                            the training settings (TrainConfig as a dict)
 
 The learning-rate schedule needs no state: it is a function of the step (and of the elapsed time under a
-time budget). Every file is written to a temporary name in the same folder, flushed to disk and renamed
-over the target (``os.replace`` is atomic on POSIX), so a kill at any moment leaves either the previous
+time budget). Every file is written through ``nas3d_fast._atomic`` (a temporary name in the same folder,
+fsynced, renamed over the target, the folder fsynced), so a kill at any moment leaves either the previous
 complete file or the new complete file, never a partial one.
+
+A checkpoint is always read onto the CPU: the model and optimiser state dicts are copied to the training
+device when they are loaded, and the RNG states must stay CPU byte tensors (``torch.set_rng_state``
+accepts nothing else), whichever device the run resumes on.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._atomic import atomic_path
+from .._atomic import atomic_write, write_json
 from ..inference.checkpoint import FORMAT as INFER_FORMAT
 from ..inference.checkpoint import InferSettings
 
 TRAIN_FORMAT = "nas3d-train-1"
-
-
-def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``."""
-    with atomic_path(path) as tmp, open(tmp, mode) as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def atomic_save(obj: Any, path: str) -> None:
@@ -50,7 +44,7 @@ def atomic_save(obj: Any, path: str) -> None:
 
 
 def atomic_json(obj: Any, path: str) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"), mode="w")
+    write_json(obj, path, indent=2)
 
 
 def rng_state() -> dict:
@@ -62,16 +56,23 @@ def rng_state() -> dict:
     }
 
 
+def _cpu_bytes(state) -> torch.Tensor:
+    return torch.as_tensor(state).to(device="cpu", dtype=torch.uint8)
+
+
 def set_rng_state(state: dict) -> None:
+    """Restore :func:`rng_state`'s generators. The torch states are taken back to CPU byte tensors first,
+    so a checkpoint that was loaded with a ``map_location`` other than the CPU restores as well."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(_cpu_bytes(state["torch"]))
     if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([_cpu_bytes(s) for s in state["cuda"]])
 
 
 def load_training_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
-    """The dict of a training checkpoint; ValueError naming the file if it is not one."""
+    """The dict of a training checkpoint; ValueError naming the file if it is not one. Leave
+    ``map_location`` on the CPU to resume (module docstring)."""
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path} does not exist")
     try:
