@@ -12,8 +12,17 @@ The trainer knows nothing about files or datasets. It takes
 Files in ``out_dir``: ``checkpoint.pt`` (resumable, atomically replaced every ``checkpoint_every`` steps and
 at every epoch's end), ``best.pt`` + ``best.json`` (the best validated model for ``nas3d infer``),
 ``train.csv`` (one row per step; ``seconds`` of wall-clock since the start, ``cpu_seconds`` of this process's
-CPU time since it (re)started: on a shared machine the second says more about the cost), ``val.csv`` (one row per validation), ``tb/`` (TensorBoard), and
-``summary.json``.
+CPU time since it (re)started: on a shared machine the second says more about the cost), ``val.csv`` (one row
+per validation), ``tb/`` (TensorBoard), and ``summary.json``.
+
+Resuming (rerunning with the same ``out_dir``) continues the run exactly where its checkpoint left it: a run
+that stopped on its time budget stays stopped (the step-time estimate behind the stop is saved), an epoch
+end whose validation did not finish is validated first, and the settings that decide the trajectory must
+equal the checkpoint's (:data:`TRAJECTORY_SETTINGS`, ``meta``; see ``nas3d_fast._resume``).
+
+``best.pt`` is the model of the validation with the highest mean foreground Dice. A validation whose mean
+Dice is undefined (no foreground in any validation case, and none predicted) never replaces a defined one;
+while every validation is undefined, ``best.pt`` follows the latest one, and a warning says so.
 """
 
 from __future__ import annotations
@@ -23,14 +32,17 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from .._resume import check_resume
 from ..inference import sliding_window_inference
 from ..inference.checkpoint import InferSettings
+from ..inference.grid import resolve_overlap
 from . import checkpoint as ck
 from .losses import make_loss
 from .metrics import dice_per_class, nsd_per_class
@@ -67,16 +79,32 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        # Everything is checked here, before a step runs: a bad validation setting must not cost an epoch.
         for name in ("epochs", "steps_per_epoch", "val_every", "sw_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.time_budget is not None and self.time_budget <= 0:
+        for name in ("warmup_steps", "checkpoint_every"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "gamma", "power"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        if not (math.isfinite(float(self.weight_decay)) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if not 0 < float(self.warmup_start) <= 1:
+            raise ValueError(f"warmup_start must be in (0, 1] (a fraction of lr), got {self.warmup_start}")
+        if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget > 0):
             raise ValueError(f"time_budget must be a positive number of minutes, got {self.time_budget}")
-        if len(self.roi_size) != 3:
-            raise ValueError(f"roi_size must be three sizes, got {self.roi_size}")
+        if len(self.roi_size) != 3 or min(int(r) for r in self.roi_size) < 1:
+            raise ValueError(f"roi_size must be three sizes >= 1, got {self.roi_size}")
         self.roi_size = tuple(int(r) for r in self.roi_size)
+        try:
+            resolve_overlap(self.overlap, 3)
+        except ValueError as exc:
+            raise ValueError(f"overlap: {exc}") from exc
+        if not (math.isfinite(float(self.nsd_tolerance)) and self.nsd_tolerance >= 0):
+            raise ValueError(f"nsd_tolerance must be a distance in mm >= 0, got {self.nsd_tolerance}")
         self.milestones = tuple(int(m) for m in self.milestones)
         make_loss(self.loss)  # validates the name
         LRFactor(self.schedule, self.total_steps, self.warmup_steps, milestones=self.milestones)
@@ -87,6 +115,53 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+#: TrainConfig fields that decide the weights a run ends with: resuming with any of them changed is refused.
+#: The rest (validation windows, checkpoint frequency, device, progress bar) may change between reruns.
+TRAJECTORY_SETTINGS = (
+    "epochs",
+    "steps_per_epoch",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "schedule",
+    "warmup_steps",
+    "warmup_start",
+    "milestones",
+    "gamma",
+    "power",
+    "loss",
+    "amp",
+    "time_budget",
+    "seed",
+)
+
+
+def _trajectory(config_dict: dict, meta: dict) -> dict:
+    """The settings :func:`~nas3d_fast._resume.check_resume` compares: the trajectory fields of the config and
+    the meta (space, options, architecture, classes, preprocessing, training data), less where the data
+    lives and which cases validate."""
+    out = {k: config_dict[k] for k in TRAJECTORY_SETTINGS if k in config_dict}
+    out["meta"] = {}
+    for key, value in meta.items():
+        if key == "infer":
+            continue
+        if key == "data" and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in ("root", "val")}
+        out["meta"][key] = value
+    return out
+
+
+def _better(metric: float, best: dict) -> bool:
+    """Whether a validation's mean Dice ``metric`` replaces ``best`` (module docstring: a defined Dice
+    beats an undefined one, an undefined one only follows another undefined one)."""
+    if best["step"] is None:
+        return True
+    old = best["metric"]
+    if math.isnan(metric):
+        return old is None or math.isnan(old)
+    return old is None or math.isnan(old) or metric > old
 
 
 @dataclass
@@ -189,6 +264,10 @@ class Trainer:
         self.step, self.elapsed = 0, 0.0
         self.best = {"metric": -math.inf, "step": None}
         self.last_val: ValResult | None = None
+        self.validated_step: int | None = None  #: step of the last completed validation
+        self.recent_step_seconds: list[float] = []  #: wall-clock seconds of the last steps (time-budget stop)
+        self.stopped_by_time = False
+        self._warned_undefined = False
         fg = [f"c{c}" for c in range(1, self.num_classes)]
         self.train_csv = _CSV(
             os.path.join(out_dir, "train.csv"), ["step", "epoch", "loss", "lr", "seconds", "cpu_seconds"]
@@ -227,6 +306,9 @@ class Trainer:
                 "epoch": self.epoch,
                 "elapsed": self.elapsed,
                 "best": self.best,
+                "validated_step": self.validated_step,
+                "recent_step_seconds": self.recent_step_seconds,
+                "stopped_by_time": self.stopped_by_time,
                 "rng": ck.rng_state(),
                 "meta": self.meta,
                 "config": self.config.to_dict(),
@@ -235,14 +317,24 @@ class Trainer:
         )
 
     def load(self, path: str) -> None:
-        ckpt = ck.load_training_checkpoint(path, self.device)
-        if ckpt["meta"].get("arch") != self.meta["arch"] or ckpt["meta"].get("space") != self.meta["space"]:
-            raise ValueError(f"checkpoint {path} is for another architecture; use another --out or delete it")
+        """Continue from the checkpoint at ``path``. It is read onto the CPU whatever the device (the state
+        dicts are copied to the model's device as they load; checkpoint.py). ValueError naming every
+        setting that differs from the checkpoint's."""
+        ckpt = ck.load_training_checkpoint(path, "cpu")
+        check_resume(
+            _trajectory(ckpt.get("config", {}), ckpt["meta"]),
+            _trajectory(self.config.to_dict(), self.meta),
+            path,
+            "training",
+        )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.elapsed, self.best = int(ckpt["step"]), float(ckpt["elapsed"]), dict(ckpt["best"])
+        self.validated_step = ckpt.get("validated_step", self.best["step"])
+        self.recent_step_seconds = [float(t) for t in ckpt.get("recent_step_seconds", [])]
+        self.stopped_by_time = bool(ckpt.get("stopped_by_time", False))
         ck.set_rng_state(ckpt["rng"])
 
     @property
@@ -305,16 +397,18 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.total_steps, initial=self.step, unit="step", desc="train", dynamic_ncols=True)
-        stopped_by_time = False
         try:
-            it = self.batches(self.step) if self.step < cfg.total_steps else iter(())
             t0, e0, cpu0 = time.monotonic(), self.elapsed, time.process_time()
-            step_seconds = 0.0  # median of the recent steps' wall-clock time
-            recent: list[float] = []
-            while self.step < cfg.total_steps:
+            if self.step and self._validation_due() and self.validated_step != self.step:
+                self._validate(tb)  # the run stopped after this epoch's save and before its validation ended
+                self.save()
+            it = self.batches(self.step) if self.step < cfg.total_steps and not self.stopped_by_time else iter(())
+            while self.step < cfg.total_steps and not self.stopped_by_time:
                 self.elapsed = e0 + time.monotonic() - t0
+                # median of the recent steps' wall-clock time, saved so that a rerun stops where this run did
+                step_seconds = float(np.median(self.recent_step_seconds)) if self.recent_step_seconds else 0.0
                 if self._out_of_time(step_seconds):
-                    stopped_by_time = True
+                    self.stopped_by_time = True
                     break
                 lr = self._set_lr()
                 started = self.elapsed
@@ -322,8 +416,7 @@ class Trainer:
                 loss = self._train_step(x, y)
                 self.step += 1
                 self.elapsed = e0 + time.monotonic() - t0
-                recent = (recent + [self.elapsed - started])[-9:]
-                step_seconds = float(np.median(recent))
+                self.recent_step_seconds = (self.recent_step_seconds + [self.elapsed - started])[-9:]
                 self.train_csv.append(
                     {
                         "step": self.step,
@@ -340,15 +433,16 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(epoch=self.epoch, loss=f"{loss:.4f}", best=self._best_text())
                 epoch_end = self.step % cfg.steps_per_epoch == 0
-                if epoch_end and (self.epoch % cfg.val_every == 0 or self.step == cfg.total_steps):
+                if epoch_end or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+                    self.save()  # before validating: an error there must not cost the epoch's training
+                if self._validation_due():
                     self._validate(tb)
                     self.elapsed = e0 + time.monotonic() - t0
-                if epoch_end or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
                     self.save()
                 if self.on_step:
                     self.on_step(self.step)
-            if self.last_val is None or self.last_val.step != self.step:
-                if self.val_cases and (stopped_by_time or self.best["step"] is None):
+            if self.validated_step != self.step:
+                if self.val_cases and (self.stopped_by_time or self.best["step"] is None):
                     self._validate(tb)
                 elif not self.val_cases and self.step:
                     ck.write_inference_checkpoint(self.model, self.infer_settings, self.best_path)
@@ -357,7 +451,14 @@ class Trainer:
             if bar:
                 bar.close()
             tb.close()
-        return self._summary(stopped_by_time)
+        return self._summary(self.stopped_by_time)
+
+    def _validation_due(self) -> bool:
+        """Whether the step just done ends an epoch that is validated."""
+        cfg = self.config
+        return bool(self.val_cases) and self.step % cfg.steps_per_epoch == 0 and (
+            self.epoch % cfg.val_every == 0 or self.step == cfg.total_steps
+        )
 
     # -- validation --------------------------------------------------------------------------------
 
@@ -412,9 +513,18 @@ class Trainer:
             tb.add_scalar(f"val/nsd_c{c}", n, self.step)
         tb.add_scalar("val/mean_dice", res.mean_dice, self.step)
         self.val_csv.append(row)
-        if self.best["step"] is None or res.mean_dice > self.best["metric"]:
+        if math.isnan(res.mean_dice) and not self._warned_undefined:
+            self._warned_undefined = True
+            warnings.warn(
+                f"validation at step {self.step}: the mean Dice is undefined (no validation case "
+                f"{', '.join(res.names)} holds a foreground class, and none was predicted); until a validation "
+                "has a defined Dice, best.pt follows the latest validated model",
+                stacklevel=2,
+            )
+        if _better(res.mean_dice, self.best):
             self.best = {"metric": res.mean_dice, "step": self.step}
             ck.write_inference_checkpoint(self.model, self.infer_settings, self.best_path)
+        self.validated_step = self.step
         return res
 
     def _summary(self, stopped_by_time: bool) -> dict:
