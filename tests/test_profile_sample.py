@@ -197,3 +197,44 @@ def test_cli_calibrate_needs_cuda(capsys):
 
 def test_space_registered():
     assert "toy_profile_test" in spaces.names() and WidthSpace.stride == 2
+
+
+# --- regressions of issue 26 (defect 12) ------------------------------------------------------------------
+
+
+def _profile_default_arch(tmp_path, budget):
+    out = tmp_path / "rows.json"
+    argv = ["profile", "--space", "ronasmis", "--space-option", "base_channels=2", "--space-option", "depth=3",
+            "--space-option", "layers_per_stage=1", "--arch", "default", "--patch", "8", "8", "8", "--batch", "1",
+            "--budget", budget, "--json", str(out), "--quiet"]
+    assert cli.main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def test_cli_profiles_the_default_arch_of_a_configured_space_against_a_budget(tmp_path, capsys):
+    """nas3d profile had no --space-option and no --arch default (so the candidate nas3d train trains could
+    not be profiled), and with --arch it recorded --budget but ignored it."""
+    doc = _profile_default_arch(tmp_path, "64GiB")
+    options = doc["settings"]["space_options"]  # the space's full options, defaults included
+    assert (options["base_channels"], options["depth"], options["layers_per_stage"]) == (2, 3, 1)
+    (row,) = doc["rows"]
+    assert row["within_budget"] is True and "within the budget" in capsys.readouterr().out
+    want = spaces.get("ronasmis", base_channels=2, depth=3, layers_per_stage=1).default_arch()
+    assert row["arch"] == json.loads(want.to_json())["arch"]
+    (row,) = _profile_default_arch(tmp_path, "1KiB")["rows"]
+    assert row["within_budget"] is False and "OVER the budget" in capsys.readouterr().out
+
+
+def test_cli_refuses_an_option_the_space_does_not_take(capsys):
+    argv = ["profile", "--space", "ronasmis", "--space-option", "colour=blue", "--arch", "default", "--patch", "8",
+            "8", "8", "--batch", "1", "--quiet"]
+    assert cli.main(argv) == 2
+    assert "--space-option" in capsys.readouterr().err
+
+
+def test_measure_mode_error_says_where_it_measured():
+    """The error read "peaks ... (measureed)"."""
+    space = spaces.get("toy_profile_test")
+    with pytest.raises(BudgetError, match=r"\(measured on cpu\)") as err:
+        sample_within(space, 1024, SHAPE, 1, 0, mode="measure", device="cpu", max_tries=3)
+    assert "measureed" not in str(err.value)

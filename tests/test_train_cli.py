@@ -97,3 +97,17 @@ def test_bad_arguments(dataset, tmp_path, capsys):
     assert "patch size" in capsys.readouterr().err
     assert _train(str(tmp_path / "nowhere"), tmp_path / "d") == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, name",
+    [
+        (["--max-val-cases", "-1"], "max_val_cases"),  # issue 26 defect 12: dropped a case silently
+        (["--workers", "-1"], "workers"),
+        (["--overlap", "1.0"], "overlap"),  # defect 8: failed only after a whole epoch
+    ],
+)
+def test_bad_data_and_validation_settings_fail_before_training(dataset, tmp_path, capsys, extra, name):
+    assert _train(dataset, tmp_path / "run", *extra) == 2
+    assert name in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "run" / "last.pt")

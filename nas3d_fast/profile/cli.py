@@ -2,11 +2,16 @@
 
     nas3d profile --space dints --sample 5 --patch 96 96 96 --batch 2
     nas3d profile --space dints --arch arch.json --patch 96 96 96 --batch 2 --mode both --device cpu
+    nas3d profile --space ronasmis --space-option base_channels=8 --arch default --patch 64 64 64 --batch 2 --budget 8GiB
     nas3d profile --space dints --sample 5 --patch 96 96 96 --batch 2 --budget 8GiB --tolerance 500MiB
     nas3d profile --space dints --calibrate --sample 8 --patch 64 64 64 --batch 1   (on a CUDA machine)
 
 One row per candidate: parameters, forward FLOPs (``space.cost``, batch 1), predicted peak (for
 ``--target``), measured peak (on ``--device``), and the prediction's error against the measurement.
+``--space-option`` and ``--arch`` (a JSON file, ``default`` or ``random[:SEED]``) read as in ``nas3d train``, so
+the candidate a training run trains is the one profiled. With ``--budget``, ``--sample`` draws candidates
+within the budget, and ``--arch`` says whether that one architecture fits it (``within_budget``, judged by
+the measured peak where there is one, else the predicted).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 import torch
 
 from .._atomic import write_json
+from ..spaces.cli import read_arch, space_option
 
 MiB = 2**20
 _UNITS = {
@@ -54,8 +60,20 @@ def add_parser(sub) -> None:
         description=__doc__.split("\n\n")[0] + " See nas3d_fast/profile for what is counted.",
     )
     p.add_argument("--space", required=True, help="search space name (nas3d_fast.spaces.names())")
+    p.add_argument(
+        "--space-option",
+        action="append",
+        type=space_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="space constructor option, as in nas3d train (value parsed as JSON when it can be); repeatable",
+    )
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--arch", metavar="ARCH.json", help="one architecture (nas3d-arch-1 JSON)")
+    which.add_argument(
+        "--arch",
+        metavar="ARCH.json",
+        help="one architecture: a JSON file (nas3d-arch-1), default (the space's default_arch), or random[:SEED]",
+    )
     which.add_argument("--sample", type=int, metavar="N", help="N random candidates")
     p.add_argument("--patch", type=int, nargs=3, required=True, metavar=("X", "Y", "Z"), help="input patch size")
     p.add_argument("--batch", type=int, required=True, metavar="B", help="batch size")
@@ -69,7 +87,10 @@ def add_parser(sub) -> None:
     p.add_argument("--amp", action="store_true", help="autocast the forward")
     p.add_argument("--steps", type=int, default=3, help="training steps per measurement (default 3)")
     p.add_argument(
-        "--budget", type=parse_bytes, metavar="BYTES", help="sample only candidates within this peak (8GiB, ...)"
+        "--budget",
+        type=parse_bytes,
+        metavar="BYTES",
+        help="peak budget (8GiB, ...): --sample draws only candidates within it; --arch reports whether it fits",
     )
     p.add_argument(
         "--tolerance",
@@ -112,9 +133,11 @@ def _rows(args) -> tuple[list[dict], dict]:
     from .sample import candidate_memory, sample_within
 
     try:
-        space = spaces.get(args.space)
+        space = spaces.get(args.space, **dict(args.space_option))
     except ImportError as exc:
         raise RuntimeError(f"space {args.space!r} is known but its module is missing from this build ({exc})") from exc
+    except TypeError as exc:  # an option the space's constructor does not take
+        raise ValueError(f"--space-option: {exc}") from exc
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     if args.channels < 1 or args.classes < 2:
@@ -135,14 +158,11 @@ def _rows(args) -> tuple[list[dict], dict]:
     shape = (args.channels, *args.patch)
     step = {"loss": args.loss, "optimizer": args.optimizer, "amp": args.amp, "steps": args.steps}
     rng = np.random.default_rng(args.seed)
-    if args.arch:
-        with open(args.arch) as f:
-            archs = [space.arch_from_json(f.read())]
-    else:
-        archs = None
+    archs = [read_arch(space, args.arch)] if args.arch else None
     count = 1 if archs else args.sample
     settings = {
         "space": args.space,
+        "space_options": dict(space.options),
         "patch": list(args.patch),
         "batch": args.batch,
         "channels": args.channels,
@@ -195,6 +215,9 @@ def _rows(args) -> tuple[list[dict], dict]:
         if "predicted" in row and "measured" in row and target == torch.device(device).type:
             m, p = row["measured"]["peak_bytes"], row["predicted"]["peak_bytes"]
             row["error_pct"] = 100.0 * (p - m) / m
+        if archs and args.budget is not None:
+            peak = (row.get("measured") or row["predicted"])["peak_bytes"]
+            row["within_budget"] = bool(peak <= args.budget)
         rows.append(row)
     return rows, settings
 
@@ -225,6 +248,9 @@ def format_rows(rows: list[dict], settings: dict) -> str:
         meas = f"{r['measured']['peak_bytes'] / MiB:.1f}" if "measured" in r else "-"
         err = f"{r['error_pct']:+.2f}" if "error_pct" in r else "-"
         lines.append(f"{i:>3} {r['params']:>12,} {r['flops'] / 1e9:>9.2f} {pred:>14} {meas:>13} {err:>8}")
+        if "within_budget" in r:
+            verdict = "within" if r["within_budget"] else "OVER"
+            lines.append(f"    {verdict} the budget of {settings['budget_bytes'] / MiB:.1f} MiB")
     return "\n".join(lines)
 
 

@@ -117,7 +117,7 @@ def sample_within(
         if low <= report.peak_bytes <= budget:
             return (arch, report) if return_report else arch
     peaks = [r.peak_bytes for r in seen.values()]
-    where = f"{mode}ed" if mode == "measure" else f"predicted for {target}"
+    where = f"measured on {device}" if mode == "measure" else f"predicted for {target}"
     span = f"peaks {min(peaks) / MiB:.1f}..{max(peaks) / MiB:.1f} MiB ({where}) over {len(seen)} distinct candidates"
     if min(peaks) > budget:
         raise BudgetError(

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from ..spaces.cli import space_option
 from .losses import LOSSES
 from .optim import OPTIMIZERS, SCHEDULES
-
-
-def _option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--space-option must be KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,7 +23,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--space-option",
         action="append",
-        type=_option,
+        type=space_option,
         default=[],
         metavar="KEY=VALUE",
         help="space constructor option (value parsed as JSON when it can be); repeatable",
@@ -97,7 +87,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     v = p.add_argument_group("validation and checkpoints")
     v.add_argument("--val-every", type=int, default=1, help="epochs between validations")
-    v.add_argument("--max-val-cases", type=int, help="validate on at most this many cases")
+    v.add_argument("--max-val-cases", type=int, help="validate on at most this many cases (0: no validation)")
     v.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap")
     v.add_argument("--sw-batch-size", type=int, default=2)
     v.add_argument("--nsd-tolerance", type=float, default=2.0, metavar="MM")

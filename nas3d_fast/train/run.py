@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..inference.checkpoint import InferSettings
+from ..spaces.cli import read_arch
 from .batches import StepBatches
 from .trainer import TrainConfig, Trainer, ValCase
 
@@ -31,7 +32,19 @@ class DataSettings:
     ratio: tuple[int, int] = (1, 1)
     fold: int | None = None
     workers: int = 0
-    max_val_cases: int | None = None
+    max_val_cases: int | None = None  #: validate on the first this many validation cases (0: no validation)
+
+    def __post_init__(self):
+        if len(self.patch) != 3 or min(int(p) for p in self.patch) < 1:
+            raise ValueError(f"patch must be three sizes >= 1, got {self.patch}")
+        for name, low in (("batch_size", 1), ("workers", 0), ("max_val_cases", 0)):
+            value = getattr(self, name)
+            if value is not None and int(value) < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
+        if not 0 <= float(self.augment) <= 1:
+            raise ValueError(f"augment must be a probability in [0, 1], got {self.augment}")
+        if len(self.ratio) != 2 or min(self.ratio) < 0 or sum(self.ratio) == 0:
+            raise ValueError(f"ratio must be two counts >= 0, not both 0 (foreground, background), got {self.ratio}")
 
 
 class PatchSample:
@@ -47,26 +60,6 @@ class PatchSample:
         self.patches.set_epoch(i // per_epoch)
         item = self.patches[i % per_epoch]
         return item["image"], item["label"]
-
-
-def read_arch(space, arch: str):
-    """An architecture of ``space`` from a JSON file (``Arch.to_json()``'s format), ``random[:SEED]``, or
-    ``default`` (the space's ``default_arch()``, for spaces that have one)."""
-    if arch == "default":
-        if not hasattr(space, "default_arch"):
-            raise ValueError(f"--arch default: space {space.name!r} has no default architecture")
-        return space.default_arch()
-    if arch.startswith("random"):
-        _, _, seed = arch.partition(":")
-        return space.sample(int(seed) if seed else 0)
-    if not os.path.isfile(arch):
-        raise ValueError(f"--arch {arch} is not a file (an architecture JSON), default, nor random[:SEED]")
-    with open(arch) as f:
-        text = f.read()
-    try:
-        return space.arch_from_json(text)
-    except ValueError as exc:
-        raise ValueError(f"--arch {arch}: {exc}") from exc
 
 
 def train(
