@@ -51,7 +51,7 @@ def test_infer_writes_labels_with_the_input_affine(tmp_path, capsys):
     assert seg.shape == data.shape and seg.get_data_dtype() == np.uint8
     assert seg.header.get_xyzt_units() == ("mm", "sec")
     x = torch.from_numpy(data)[None, None]
-    x = (x - x.mean()) / x.std()
+    x = (x - x.mean()) / x.std(correction=0)  # training's z-score: population statistics
     with torch.no_grad():
         want = sliding_window_inference(x, (8, 8, 8), 3, model, overlap=0.5, mode="gaussian").argmax(1)[0]
     np.testing.assert_array_equal(np.asarray(seg.dataobj), want.numpy())
@@ -117,3 +117,74 @@ def test_mismatched_settings_are_clear_errors(tmp_path, capsys):
     _run_fails(capsys, ["--model", model_path, "--input", str(tmp_path / "case.nii.gz"), "--output", str(tmp_path / "seg.png")],
                "must be a folder or a name ending in")
     assert not os.path.exists(out)
+
+
+# --- regressions of issue 26 ------------------------------------------------------------------------------
+
+
+def _digest(path):
+    return open(path, "rb").read()
+
+
+def test_output_that_resolves_to_an_input_is_refused_and_the_input_kept(tmp_path, capsys):
+    """Defect 2: --output equal to the input file or folder replaced the images by their label maps."""
+    model_path, _ = _checkpoint(tmp_path)
+    images = tmp_path / "images"
+    images.mkdir()
+    _image(images / "a.nii.gz", seed=1)
+    _image(images / "b.nii.gz", seed=2)
+    before = {n: _digest(images / n) for n in _files(images)}
+    (tmp_path / "link").symlink_to(images)
+    same_file = str(images / "a.nii.gz")
+    cases = [
+        (same_file, same_file),  # the very file
+        (str(images), str(images)),  # folder onto itself
+        (str(images), str(tmp_path / "link")),  # through a symbolic link
+        (str(images), str(images / ".." / "images")),  # through ..
+        (same_file, str(tmp_path / "link" / "a.nii.gz")),
+        (same_file, str(images)),  # a file into its own folder under its own name
+    ]
+    for src, dst in cases:
+        _run_fails(capsys, ["--model", model_path, "--input", src, "--output", dst], "never writes over its inputs")
+    assert {n: _digest(images / n) for n in _files(images)} == before
+    # another folder is fine; a hard link to an input is the input
+    assert cli.main(["infer", "--model", model_path, "--input", str(images), "--output", str(tmp_path / "other"),
+                     "--quiet"]) == 0
+    assert _files(tmp_path / "other") == ["a.nii.gz", "b.nii.gz"]
+    hard = tmp_path / "hard.nii.gz"
+    os.link(images / "b.nii.gz", hard)
+    _run_fails(capsys, ["--model", model_path, "--input", str(images / "b.nii.gz"), "--output", str(hard)],
+               "never writes over its inputs")
+    assert {n: _digest(images / n) for n in _files(images)} == before
+
+
+def test_multichannel_zscore_at_inference_equals_training():
+    """Defect 3: inference normalised all channels together and ignored nonzero; two channels with means 100
+    and 1000 came out (-0.96, 0.02) and (0.96, 0.40) instead of (0, 1) each."""
+    from nas3d_fast.data.preprocess import normalise_intensity
+    from nas3d_fast.inference.checkpoint import preprocess
+
+    rng = np.random.default_rng(0)
+    image = np.stack([rng.normal(100, 5, (9, 8, 7)), rng.normal(1000, 50, (9, 8, 7))]).astype(np.float32)
+    image[:, :2] = 0  # background outside the body
+    for intensity in ({"kind": "zscore"}, {"kind": "zscore", "nonzero": False}):
+        got = preprocess(torch.from_numpy(image)[None], intensity)[0].numpy()
+        np.testing.assert_allclose(got, normalise_intensity(image, intensity), rtol=1e-6, atol=1e-6)
+    got = preprocess(torch.from_numpy(image)[None], {"kind": "zscore"})[0].numpy()
+    body = got[:, 2:]
+    np.testing.assert_allclose(body.mean(axis=(1, 2, 3)), [0, 0], atol=1e-5)
+    np.testing.assert_allclose(body.std(axis=(1, 2, 3)), [1, 1], atol=1e-4)
+    assert (got[:, :2] == 0).all()  # nonzero (the default): the background stays 0
+
+
+def test_label_map_header_has_no_display_window_of_the_image(tmp_path):
+    """Defect 12: write_labels copied the image's cal_min/cal_max (0..1200 for an MRI), so viewers showed
+    the labels nearly black."""
+    from nas3d_fast.inference.nifti import write_labels
+
+    img = nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), AFFINE)
+    img.header["cal_min"], img.header["cal_max"] = 0, 1200
+    write_labels(np.ones((4, 4, 4), np.uint8), img, str(tmp_path / "seg.nii.gz"))
+    seg = nib.load(str(tmp_path / "seg.nii.gz"))
+    assert seg.header["cal_min"] == 0 and seg.header["cal_max"] == 0
+    np.testing.assert_array_equal(np.asarray(seg.dataobj), 1)

@@ -19,10 +19,13 @@ A checkpoint is two files side by side:
         "intensity": {"kind": "ct", "window": [-1000, 1000], "mean": 0.0, "std": 1.0}
       }
 
-  ``intensity.kind``: "none" (as stored), "zscore" (per image: subtract the mean, divide by the standard
-  deviation; MRI), or "ct" (clip to ``window``, then subtract ``mean`` and divide by ``std`` when given,
-  else scale the window to [0, 1]). Resampling to a target spacing is not part of this format: images
-  are predicted on their own grid, so the label map shares the input's affine.
+  ``intensity`` is the training preprocessing's own dict, applied by the same function
+  (``nas3d_fast.data.preprocess.normalise_intensity``), so an image is normalised at inference exactly as
+  it was for training: "none" (as stored); "zscore" (per channel: subtract the mean, divide by the
+  standard deviation; MRI), with ``"nonzero"`` (default true) taking the statistics of the non-zero
+  voxels only and setting the others to 0; or "ct" (clip to ``window``, then subtract ``mean`` and
+  divide by ``std`` when given, else scale the window to [0, 1]). Resampling to a target spacing is not
+  part of this format: images are predicted on their own grid, so the label map shares the input's affine.
 """
 
 from __future__ import annotations
@@ -94,15 +97,10 @@ def load_model(model_path: str, device: torch.device) -> torch.nn.Module:
 
 
 def preprocess(image: torch.Tensor, intensity: dict) -> torch.Tensor:
-    """Intensity preprocessing of a (1, C, X, Y, Z) float32 image (see the module docstring)."""
-    kind = intensity.get("kind", "none")
-    if kind == "none":
+    """Intensity preprocessing of a (1, C, X, Y, Z) float32 CPU image: the training's own
+    (module docstring)."""
+    from ..data.preprocess import normalise_intensity
+
+    if intensity.get("kind", "none") == "none":
         return image
-    if kind == "zscore":
-        std = image.std()
-        return (image - image.mean()) / (std if std > 0 else 1.0)
-    low, high = (float(v) for v in intensity["window"])
-    image = image.clamp(low, high)
-    if "mean" in intensity and "std" in intensity:
-        return (image - float(intensity["mean"])) / float(intensity["std"])
-    return (image - low) / (high - low)
+    return torch.from_numpy(normalise_intensity(image[0].numpy(), intensity))[None]

@@ -11,8 +11,37 @@ from .nifti import NIFTI_SUFFIXES, is_nifti_name, read_image, write_labels
 from .sliding_window import sliding_window_inference
 
 
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def refuse_overwriting_inputs(pairs: list[tuple[str, str]]) -> None:
+    """ValueError if any output file resolves (links, ``..``, hard links) to any input of the run: a label
+    map written over an image destroys the user's data."""
+    inputs = [src for src, _ in pairs]
+    for _, dst in pairs:
+        for src in inputs:
+            if _same_file(dst, src):
+                raise ValueError(
+                    f"--output {dst} is the input {src}: nas3d infer never writes over its inputs; "
+                    "choose another output file or folder"
+                )
+
+
 def plan(input_path: str, output_path: str) -> list[tuple[str, str]]:
-    """(input file, output file) pairs: one file to a file (or into a folder), or a folder to a folder."""
+    """(input file, output file) pairs: one file to a file (or into a folder), or a folder to a folder.
+    ValueError when an output would replace an input (:func:`refuse_overwriting_inputs`)."""
+    pairs = _pairs(input_path, output_path)
+    refuse_overwriting_inputs(pairs)
+    return pairs
+
+
+def _pairs(input_path: str, output_path: str) -> list[tuple[str, str]]:
     if os.path.isdir(input_path):
         names = sorted(n for n in os.listdir(input_path) if is_nifti_name(n))
         if not names:

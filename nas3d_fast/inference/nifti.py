@@ -44,7 +44,8 @@ def read_image(path: str):
 
 
 def write_labels(labels: np.ndarray, like, path: str) -> None:
-    """Write an (X, Y, Z) integer label map with the affine and header of nibabel image ``like``."""
+    """Write an (X, Y, Z) integer label map with the affine and header of nibabel image ``like`` (less its
+    intensity scaling and display window, which belong to the image)."""
     import nibabel as nib
 
     if not is_nifti_name(path):
@@ -55,5 +56,7 @@ def write_labels(labels: np.ndarray, like, path: str) -> None:
     out = nib.Nifti1Image(labels, like.affine, header=header)
     out.set_data_dtype(labels.dtype)
     out.header.set_slope_inter(1.0, 0.0)
+    # The image's display window (e.g. 0..1200 for an MRI) would show classes 1, 2, ... nearly black.
+    out.header["cal_min"], out.header["cal_max"] = 0, 0
     with atomic_path(path, _suffix(path)) as tmp:
         nib.save(out, tmp)
