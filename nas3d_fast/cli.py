@@ -5,6 +5,7 @@ nas3d bench SUITE    a benchmark suite side by side with its baselines (see benc
 nas3d infer ...      label maps for NIfTI images with a checkpoint (see nas3d_fast/inference/checkpoint.py)
 nas3d data ...       datasets in MSD layout: `mni152` (real MRI from nilearn's template), `synthetic` (blobs)
 nas3d train ...      train one architecture of a search space on an MSD-layout dataset (nas3d_fast/train)
+nas3d search ...     search a space's supernet for an architecture on an MSD-layout dataset (nas3d_fast/search)
 nas3d profile ...    training-step peak memory of a space's candidates (see nas3d_fast/profile/cli.py)
 """
 
@@ -207,6 +208,29 @@ def _add_train(sub) -> None:
     train.set_defaults(func=cmd_train)
 
 
+def cmd_search(args) -> int:
+    from .search.cli import run_search
+
+    return run_search(args)
+
+
+def _add_search(sub) -> None:
+    from .search.cli import __doc__ as doc
+    from .search.cli import add_search_arguments
+
+    search = sub.add_parser(
+        "search",
+        help="search a space for an architecture on an MSD-layout dataset",
+        description="Search a space's supernet on a Medical Segmentation Decathlon folder; writes RUN/arch.json "
+        "(train it with nas3d train --arch), RUN/search.csv, RUN/history.jsonl, RUN/report.png, RUN/summary.json "
+        "and a resumable RUN/checkpoint.pt. Rerunning the same command resumes the search.",
+        epilog=doc.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_search_arguments(search)
+    search.set_defaults(func=cmd_search)
+
+
 def _add_profile(sub) -> None:
     from .profile.cli import add_parser
 
@@ -226,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_infer(sub)
     _add_data(sub)
     _add_train(sub)
+    _add_search(sub)
     _add_profile(sub)
     return parser
 

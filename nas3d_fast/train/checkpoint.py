@@ -70,18 +70,25 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([_cpu_bytes(s) for s in state["cuda"]])
 
 
-def load_training_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
-    """The dict of a training checkpoint; ValueError naming the file if it is not one. Leave
-    ``map_location`` on the CPU to resume (module docstring)."""
+def read_checkpoint(path: str, fmt: str, what: str, map_location: str | torch.device = "cpu") -> dict:
+    """The dict saved at ``path`` whose "format" is ``fmt``; ValueError naming the file (and ``what`` it
+    should be) if it is missing, unreadable or another kind of checkpoint."""
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:
         raise ValueError(f"checkpoint {path} is not readable: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != TRAIN_FORMAT:
-        raise ValueError(f"checkpoint {path} is not a training checkpoint (format {TRAIN_FORMAT!r})")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"checkpoint {path} is not a {what} checkpoint (format {fmt!r}, found {found!r})")
     return ckpt
+
+
+def load_training_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
+    """The dict of a training checkpoint; ValueError naming the file if it is not one. Leave
+    ``map_location`` on the CPU to resume (module docstring)."""
+    return read_checkpoint(path, TRAIN_FORMAT, "training", map_location)
 
 
 def build_model(meta: dict) -> torch.nn.Module:

@@ -48,6 +48,29 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gamma", type=float, default=0.5)
     g.add_argument("--loss", choices=list(LOSSES), default="dice_ce")
     g.add_argument("--seed", type=int, default=0)
+    add_data_arguments(p)
+    v = p.add_argument_group("validation and checkpoints")
+    v.add_argument("--val-every", type=int, default=1, help="epochs between validations")
+    v.add_argument("--max-val-cases", type=int, help="validate on at most this many cases (0: no validation)")
+    v.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap")
+    v.add_argument("--sw-batch-size", type=int, default=2)
+    v.add_argument("--nsd-tolerance", type=float, default=2.0, metavar="MM")
+    v.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also checkpoint every this many steps (default: at epoch ends only)",
+    )
+    v.add_argument("--no-resume", action="store_true", help="start afresh even if RUN/checkpoint.pt exists")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The data options of ``nas3d train`` (and ``nas3d search``, named alike): patch, batch, preprocessing,
+    augmentation, fold, workers; read back by :func:`data_settings`."""
     d = p.add_argument_group("data")
     d.add_argument(
         "--patch",
@@ -85,23 +108,6 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     d.add_argument("--fold", type=int, help="5-fold CV fold for validation (default: dataset.json's split)")
     d.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    v = p.add_argument_group("validation and checkpoints")
-    v.add_argument("--val-every", type=int, default=1, help="epochs between validations")
-    v.add_argument("--max-val-cases", type=int, help="validate on at most this many cases (0: no validation)")
-    v.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap")
-    v.add_argument("--sw-batch-size", type=int, default=2)
-    v.add_argument("--nsd-tolerance", type=float, default=2.0, metavar="MM")
-    v.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=0,
-        metavar="STEPS",
-        help="also checkpoint every this many steps (default: at epoch ends only)",
-    )
-    v.add_argument("--no-resume", action="store_true", help="start afresh even if RUN/checkpoint.pt exists")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _intensity(args) -> dict:
@@ -112,16 +118,34 @@ def _intensity(args) -> dict:
     return {"kind": "zscore", "nonzero": args.intensity == "zscore-nonzero"}
 
 
+def data_settings(args, **more):
+    """The DataSettings of :func:`add_data_arguments`'s options (``more``: further fields)."""
+    from .run import DataSettings
+
+    spacing = None
+    if args.spacing:
+        if len(args.spacing) not in (1, 3):
+            raise ValueError(f"--spacing takes one value or three, got {args.spacing}")
+        spacing = tuple(args.spacing) * (3 if len(args.spacing) == 1 else 1)
+    return DataSettings(
+        patch=tuple(args.patch),
+        batch_size=args.batch_size,
+        spacing=spacing,
+        intensity=_intensity(args),
+        crop_nonzero=args.crop_nonzero,
+        augment=args.augment,
+        ratio=tuple(args.fg_ratio),
+        fold=args.fold,
+        workers=args.workers,
+        **more,
+    )
+
+
 def run_train(args) -> int:
-    from .run import DataSettings, train
+    from .run import train
     from .trainer import TrainConfig
 
     try:
-        spacing = None
-        if args.spacing:
-            if len(args.spacing) not in (1, 3):
-                raise ValueError(f"--spacing takes one value or three, got {args.spacing}")
-            spacing = tuple(args.spacing) * (3 if len(args.spacing) == 1 else 1)
         config = TrainConfig(
             epochs=args.epochs,
             steps_per_epoch=args.steps_per_epoch,
@@ -146,18 +170,7 @@ def run_train(args) -> int:
             device=args.device,
             progress=not args.quiet,
         )
-        data = DataSettings(
-            patch=tuple(args.patch),
-            batch_size=args.batch_size,
-            spacing=spacing,
-            intensity=_intensity(args),
-            crop_nonzero=args.crop_nonzero,
-            augment=args.augment,
-            ratio=tuple(args.fg_ratio),
-            fold=args.fold,
-            workers=args.workers,
-            max_val_cases=args.max_val_cases,
-        )
+        data = data_settings(args, max_val_cases=args.max_val_cases)
         summary = train(
             args.space, args.arch, args.data, args.out, config, data, dict(args.space_option), resume=not args.no_resume
         )

@@ -1,0 +1,15 @@
+"""Searchers: a dataset, a space and a budget in, an architecture (``arch.json``) out (SPEC §6).
+
+    from nas3d_fast.search import SearchConfig, search
+    summary = search("dints", "gumbel", "mni", "run", SearchConfig(epochs=4, steps_per_epoch=20),
+                     space_options={"num_blocks": 4})
+
+Supernet searches share :class:`SupernetSearch` (the loop, the resumable state, the run folder);
+:class:`GumbelSearch` is SCNAS's. ``nas3d search`` drives them from the command line.
+"""
+
+from .base import SearchConfig, SupernetSearch
+from .gumbel import GumbelSearch
+from .run import SEARCHERS, search, split_weight_arch
+
+__all__ = ["SEARCHERS", "GumbelSearch", "SearchConfig", "SupernetSearch", "search", "split_weight_arch"]

@@ -1,0 +1,73 @@
+"""RUN/report.png: a search at a glance (loss and entropy curves, op probabilities over the epochs, and
+the architecture found)."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+
+from .._atomic import atomic_write
+from ..spaces.base import Arch
+
+
+def _column(rows: list[dict], name: str) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [(float(r["step"]), float(r[name])) for r in rows if r.get(name) not in (None, "")]
+    if not pairs:
+        return np.zeros(0), np.zeros(0)
+    steps, values = np.asarray(pairs).T
+    return steps, values
+
+
+def write_report(out_dir: str, csv_path: str, history: list[dict], arch: Arch) -> str:
+    """Write ``out_dir/report.png`` from search.csv, the history entries and the final ``arch``; returns
+    its path. Panels: weight/architecture loss per step; entropy (and the temperature when logged); the
+    probability of each edge's most probable op after each epoch (a heatmap, edges as rows); the
+    architecture as its JSON fields."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    if os.path.exists(csv_path):
+        with open(csv_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    ax = axes[0, 0]
+    for name in ("weight_loss", "arch_loss"):
+        steps, values = _column(rows, name)
+        if len(steps):
+            ax.plot(steps, values, label=name.replace("_", " "), lw=1)
+    ax.set(title="losses", xlabel="step")
+    ax.legend(loc="upper right")
+    ax = axes[0, 1]
+    steps, values = _column(rows, "entropy")
+    ax.plot(steps, values, color="tab:green", lw=1, label="entropy (nats)")
+    steps, tau = _column(rows, "tau")
+    if len(steps):
+        ax.plot(steps, tau, color="tab:orange", lw=1, label="temperature")
+    ax.set(title="architecture entropy", xlabel="step")
+    ax.legend(loc="upper right")
+    ax = axes[1, 0]
+    if history:
+        groups = list(history[-1]["probs"])
+        columns = [np.concatenate([np.max(np.asarray(h["probs"][g]), axis=1) for g in groups]) for h in history]
+        image = ax.imshow(np.stack(columns, axis=1), aspect="auto", interpolation="nearest", vmin=0, vmax=1)
+        fig.colorbar(image, ax=ax, label="probability of the top op")
+        ax.set(title=f"edges ({' | '.join(groups)}) over epochs", xlabel="epoch", ylabel="edge")
+        ax.set_xticks(range(len(history)), [str(h["epoch"]) for h in history])
+    else:
+        ax.text(0.5, 0.5, "no epoch finished", ha="center", va="center")
+    ax = axes[1, 1]
+    ax.axis("off")
+    lines = [f"{key}: {value}" for key, value in arch.to_dict().items()]
+    text = "\n".join(line if len(line) < 90 else line[:87] + "..." for line in lines)
+    ax.text(0, 1, f"architecture found ({arch.space})\n\n{text}",
+            va="top", family="monospace", fontsize=8, wrap=True)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "report.png")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
+    plt.close(fig)
+    return path
