@@ -5,11 +5,12 @@
                      space_options={"num_blocks": 4})
 
 Supernet searches share :class:`SupernetSearch` (the loop, the resumable state, the run folder);
-:class:`GumbelSearch` is SCNAS's. ``nas3d search`` drives them from the command line.
+:class:`GumbelSearch` is SCNAS's, :class:`DiNTSSearch` MONAI's DiNTS loop. ``nas3d search`` drives them from the command line.
 """
 
 from .base import SearchConfig, SupernetSearch
+from .dints import DiNTSSearch
 from .gumbel import GumbelSearch
 from .run import SEARCHERS, search, split_weight_arch
 
-__all__ = ["SEARCHERS", "GumbelSearch", "SearchConfig", "SupernetSearch", "search", "split_weight_arch"]
+__all__ = ["SEARCHERS", "DiNTSSearch", "GumbelSearch", "SearchConfig", "SupernetSearch", "search", "split_weight_arch"]

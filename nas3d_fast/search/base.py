@@ -39,6 +39,7 @@ from .._resume import check_resume
 from ..spaces.base import Arch, SearchSpace
 from ..train import checkpoint as ck
 from ..train.losses import make_loss
+from .distributed import ProcessGroup
 
 SEARCH_FORMAT = "nas3d-search-1"
 Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
@@ -119,10 +120,10 @@ class _Log:
     """search.csv and history.jsonl: appended as the search runs, cut back to the checkpoint's step on
     resume (rows of steps the checkpoint does not hold would be logged twice)."""
 
-    def __init__(self, out_dir: str):
+    def __init__(self, out_dir: str, columns: list[str]):
         self.csv_path = os.path.join(out_dir, "search.csv")
         self.history_path = os.path.join(out_dir, "history.jsonl")
-        self.columns: list[str] | None = None
+        self.columns = columns
 
     def truncate_after(self, step: int) -> None:
         for path, key in ((self.csv_path, None), (self.history_path, "step")):
@@ -137,14 +138,9 @@ class _Log:
             atomic_write(path, lambda f, kept=kept: f.write("".join(k + "\n" for k in kept)), mode="w")
 
     def row(self, values: dict) -> None:
-        if self.columns is None:
-            if os.path.exists(self.csv_path):
-                with open(self.csv_path) as f:
-                    self.columns = f.readline().strip().split(",")
-            else:
-                self.columns = list(values)
-                with open(self.csv_path, "w") as f:
-                    f.write(",".join(self.columns) + "\n")
+        if not os.path.exists(self.csv_path):
+            with open(self.csv_path, "w") as f:
+                f.write(",".join(self.columns) + "\n")
         with open(self.csv_path, "a") as f:
             f.write(",".join(_cell(values.get(c, "")) for c in self.columns) + "\n")
 
@@ -167,7 +163,8 @@ def _cell(value) -> str:
 
 class SupernetSearch:
     """See the module docstring. Subclasses set ``name`` and implement :meth:`path_weights`; they may
-    override :meth:`arch_objective`, :meth:`arch_step_due`, :meth:`extra_row` and :meth:`options`.
+    override :meth:`init_logits`, :meth:`arch_logits`, :meth:`make_weight_optimizer`, :meth:`arch_objective`,
+    :meth:`arch_step_due`, :meth:`extra_row` and :meth:`options`.
 
     Args:
         space: the search space (its ``supernet`` and ``derive`` are used).
@@ -179,9 +176,13 @@ class SupernetSearch:
         meta: what the search runs on (in_channels, num_classes, data...); recorded, and compared on resume.
         supernet_options: keyword options of ``space.supernet``.
         on_step: called with the step after every step (and its checkpoint); tests kill the process there.
+        group: the processes of a distributed search (``nas3d_fast.search.distributed``); one by default.
     """
 
     name = "supernet"
+    #: search.csv columns of :meth:`arch_objective`'s terms and of :meth:`extra_row`, in order
+    term_names: tuple[str, ...] = ()
+    extra_names: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -193,6 +194,7 @@ class SupernetSearch:
         meta: dict,
         supernet_options: dict | None = None,
         on_step: Callable[[int], None] | None = None,
+        group: ProcessGroup | None = None,
     ):
         for key in ("in_channels", "num_classes"):
             if key not in meta:
@@ -211,10 +213,10 @@ class SupernetSearch:
         self.logits = self.init_logits()
         self.supernet.to(self.device)
         self.logits.to(self.device)
+        self.group = group or ProcessGroup()
+        self.group.broadcast([*self.supernet.state_dict().values(), *self.logits.parameters()])
         self.loss_fn = make_loss(config.loss)
-        self.weight_opt = torch.optim.Adam(
-            self.supernet.parameters(), lr=config.weight_lr, betas=config.weight_betas, weight_decay=config.weight_decay
-        )
+        self.weight_opt = self.make_weight_optimizer()
         self.arch_opt = torch.optim.Adam(
             self.logits.parameters(), lr=config.arch_lr, betas=config.arch_betas, weight_decay=config.arch_weight_decay
         )
@@ -229,7 +231,9 @@ class SupernetSearch:
         self.epoch_losses: list[float] = []  #: weight losses of the running epoch (the plateau rule's input)
         self.recent_step_seconds: list[float] = []
         self.stopped_by_time = False
-        self.log = _Log(out_dir)
+        columns = ["step", "epoch", "weight_loss", "arch_loss", "seg_loss", *self.term_names, "entropy", "weight_lr",
+                   "arch_lr", *self.extra_names, "seconds"]
+        self.log = _Log(out_dir, columns)
         self.checkpoint_path = os.path.join(out_dir, "checkpoint.pt")
 
     # -- what subclasses define ----------------------------------------------------------------------
@@ -237,6 +241,13 @@ class SupernetSearch:
     def init_logits(self) -> torch.nn.ParameterDict:
         """Fresh architecture parameters (default: ``supernet.arch_logits()``, near-uniform)."""
         return self.supernet.arch_logits()
+
+    def make_weight_optimizer(self) -> torch.optim.Optimizer:
+        """The supernet weights' optimiser (default: Adam with the config's weight_lr, weight_betas)."""
+        cfg = self.config
+        return torch.optim.Adam(
+            self.supernet.parameters(), lr=cfg.weight_lr, betas=cfg.weight_betas, weight_decay=cfg.weight_decay
+        )
 
     def path_weights(self, step: int, for_arch: bool) -> dict:
         """The supernet's ``weights`` argument for the weight step (``for_arch`` False: no gradient to the
@@ -300,7 +311,8 @@ class SupernetSearch:
         }
 
     def save(self) -> None:
-        ck.atomic_save(self.state_dict(), self.checkpoint_path)
+        if self.group.is_main:  # the ranks hold the same state
+            ck.atomic_save(self.state_dict(), self.checkpoint_path)
 
     def load(self, path: str) -> None:
         """Continue from the checkpoint at ``path`` (read onto the CPU, then copied into place); ValueError
@@ -337,14 +349,17 @@ class SupernetSearch:
             raise RuntimeError(f"{what} loss is {loss.item()} at step {self.step + 1}; lower the learning rates")
         self.weight_opt.zero_grad(set_to_none=True)
         self.arch_opt.zero_grad(set_to_none=True)
+        params = [p for g in opt.param_groups for p in g["params"]]
         if self.scaler:
             self.scaler.scale(loss).backward()
+            self.group.average_gradients(params)
             self.scaler.step(opt)
             self.scaler.update()
         else:
             loss.backward()
+            self.group.average_gradients(params)
             opt.step()
-        return float(loss.detach())
+        return self.group.mean(float(loss.detach()))
 
     def _one_step(self, weight_batch, arch_batch) -> dict:
         step = self.step
@@ -356,14 +371,18 @@ class SupernetSearch:
             weights = self.path_weights(step, for_arch=True)
             seg = self._forward_loss(*arch_batch, weights)
             total, terms = self.arch_objective(seg.float(), step)
-            row.update(arch_loss=self._backward_step(total, self.arch_opt, "architecture"), seg_loss=float(seg.detach()))
+            row.update(
+                arch_loss=self._backward_step(total, self.arch_opt, "architecture"),
+                seg_loss=self.group.mean(float(seg.detach())),
+            )
             row.update({k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in terms.items()})
         return row
 
     # -- the loop ------------------------------------------------------------------------------------
 
     def _out_of_time(self, step_seconds: float) -> bool:
-        return bool(self.config.time_budget) and self.elapsed + step_seconds >= 60.0 * self.config.time_budget
+        spent = bool(self.config.time_budget) and self.elapsed + step_seconds >= 60.0 * self.config.time_budget
+        return self.group.any(spent)  # every rank stops at the same step
 
     def _end_epoch(self) -> None:
         cfg = self.config
@@ -375,6 +394,8 @@ class SupernetSearch:
         self._record_history(epoch)
 
     def _record_history(self, epoch: int) -> None:
+        if not self.group.is_main:
+            return
         arch = self.derive()
         probs = {k: torch.softmax(v.float(), -1).cpu().numpy().round(6).tolist() for k, v in self.arch_logits().items()}
         self.log.history({"epoch": epoch, "step": self.step, "arch": json.loads(arch.to_json()), "probs": probs})
@@ -387,14 +408,16 @@ class SupernetSearch:
         os.makedirs(self.out_dir, exist_ok=True)
         if resume and os.path.exists(self.checkpoint_path):
             self.load(self.checkpoint_path)
-        if resume:
+        if not self.group.is_main:
+            pass
+        elif resume:
             self.log.truncate_after(self.step)
         else:
             for path in (self.log.csv_path, self.log.history_path):
                 if os.path.exists(path):
                     os.unlink(path)
         bar = None
-        if cfg.progress:
+        if cfg.progress and self.group.is_main:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.total_steps, initial=self.step, unit="step", desc=f"search ({self.name})")
@@ -418,18 +441,19 @@ class SupernetSearch:
                 self.step += 1
                 self.elapsed = e0 + time.monotonic() - t0
                 self.recent_step_seconds = (self.recent_step_seconds + [self.elapsed - started])[-9:]
-                self.log.row(
-                    {
-                        "step": self.step,
-                        "epoch": (self.step - 1) // cfg.steps_per_epoch,
-                        **row,
-                        "entropy": _entropy(self.arch_logits()),
-                        "weight_lr": self.weight_opt.param_groups[0]["lr"],
-                        "arch_lr": self.arch_opt.param_groups[0]["lr"],
-                        **extra,
-                        "seconds": round(self.elapsed, 3),
-                    }
-                )
+                if self.group.is_main:
+                    self.log.row(
+                        {
+                            "step": self.step,
+                            "epoch": (self.step - 1) // cfg.steps_per_epoch,
+                            **row,
+                            "entropy": _entropy(self.arch_logits()),
+                            "weight_lr": self.weight_opt.param_groups[0]["lr"],
+                            "arch_lr": self.arch_opt.param_groups[0]["lr"],
+                            **extra,
+                            "seconds": round(self.elapsed, 3),
+                        }
+                    )
                 epoch_end = self.step % cfg.steps_per_epoch == 0
                 if epoch_end:
                     self._end_epoch()
@@ -449,8 +473,7 @@ class SupernetSearch:
         return self._finish()
 
     def _finish(self) -> dict:
-        arch = self.derive()
-        atomic_write(os.path.join(self.out_dir, "arch.json"), lambda f: f.write(arch.to_json(indent=2) + "\n"), mode="w")
+        arch = self.derive()  # the same on every rank, as the logits are
         summary = {
             "searcher": self.name,
             "space": self.space.name,
@@ -473,8 +496,13 @@ class SupernetSearch:
                 summary["cost"] = {"params": cost.params, "flops": cost.flops, "patch": list(patch)}
         except (ValueError, RuntimeError, NotImplementedError):
             pass  # a space whose cost cannot be counted: the summary says null
-        write_json(summary, os.path.join(self.out_dir, "summary.json"))
-        from .report import write_report
+        summary["processes"] = self.group.world
+        if self.group.is_main:
+            from .report import write_report
 
-        write_report(self.out_dir, self.log.csv_path, self.log.read_history(), arch)
+            atomic_write(
+                os.path.join(self.out_dir, "arch.json"), lambda f: f.write(arch.to_json(indent=2) + "\n"), mode="w"
+            )
+            write_json(summary, os.path.join(self.out_dir, "summary.json"))
+            write_report(self.out_dir, self.log.csv_path, self.log.read_history(), arch)
         return summary

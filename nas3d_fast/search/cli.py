@@ -23,7 +23,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     from .run import SEARCHERS
 
     p.add_argument("--space", required=True, help="search space with a supernet (dints, scnas, c2fnas, ronasmis)")
-    p.add_argument("--searcher", required=True, choices=sorted(SEARCHERS), help="gumbel: SCNAS's Gumbel search")
+    p.add_argument("--searcher", required=True, choices=sorted(SEARCHERS),
+                   help="gumbel: SCNAS's Gumbel search (any space with a supernet); dints: MONAI's DiNTS (dints space)")
     p.add_argument("--data", required=True, metavar="DIR", help="dataset folder in MSD layout (dataset.json ...)")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (checkpoint, logs, arch.json, report)")
     p.add_argument("--space-option", action="append", type=space_option, default=[], metavar="KEY=VALUE",
@@ -44,6 +45,11 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--tau-start", type=float, default=1.0, help="first temperature")
     s.add_argument("--tau-end", type=float, default=0.1, help="last temperature")
     s.add_argument("--tau-schedule", choices=TAU_SCHEDULES, default="exponential")
+    s = p.add_argument_group("dints searcher")
+    s.add_argument("--warmup-epochs", type=int, help="epochs of weight training only (default: half the epochs)")
+    s.add_argument("--ram-cost-factor", type=float, default=0.8,
+                   help="target memory of the found network as a fraction of the supernet's (MONAI: 0.8)")
+    s.add_argument("--sample-ops", action="store_true", help="two ops per edge by gumbel_topk instead of all")
     add_data_arguments(p)
     c = p.add_argument_group("checkpoints")
     c.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
@@ -73,7 +79,12 @@ def run_search(args) -> int:
             device=args.device,
             progress=not args.quiet,
         )
-        options = {"k": args.k, "tau_start": args.tau_start, "tau_end": args.tau_end, "tau_schedule": args.tau_schedule}
+        if args.searcher == "gumbel":
+            options = {"k": args.k, "tau_start": args.tau_start, "tau_end": args.tau_end,
+                       "tau_schedule": args.tau_schedule}
+        else:
+            options = {"warmup_epochs": args.warmup_epochs, "ram_cost_factor": args.ram_cost_factor,
+                       "sample_ops": args.sample_ops}
         summary = search(
             args.space,
             args.searcher,

@@ -50,6 +50,7 @@ class GumbelSearch(SupernetSearch):
     The rest is :class:`~nas3d_fast.search.base.SupernetSearch`'s."""
 
     name = "gumbel"
+    extra_names = ("tau",)
 
     def __init__(self, *args, k: int = 2, tau_start: float = 1.0, tau_end: float = 0.1,
                  tau_schedule: str = "exponential", **kwargs):

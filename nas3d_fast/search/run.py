@@ -3,16 +3,20 @@ the searcher it names."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
+import torch
 
 from ..train.batches import StepBatches
 from ..train.run import DataSettings, PatchSample
 from .base import SearchConfig, SupernetSearch
+from .distributed import ProcessGroup, RankSamples
+from .dints import DiNTSSearch
 from .gumbel import GumbelSearch
 
-SEARCHERS: dict[str, type[SupernetSearch]] = {"gumbel": GumbelSearch}
+SEARCHERS: dict[str, type[SupernetSearch]] = {"gumbel": GumbelSearch, "dints": DiNTSSearch}
 
 
 def split_weight_arch(ids: list[str], seed: int, arch_fraction: float = 0.2) -> tuple[list[str], list[str]]:
@@ -42,7 +46,10 @@ def search(
     on_step=None,
 ) -> dict:
     """Search space ``space_name`` with ``searcher`` (:data:`SEARCHERS`) on the dataset in ``data_dir``;
-    writes the run folder ``out_dir`` (``nas3d_fast.search.base``). Returns the summary."""
+    writes the run folder ``out_dir`` (``nas3d_fast.search.base``). Returns the summary.
+
+    Under ``torchrun`` the processes search together (``nas3d_fast.search.distributed``): each takes
+    ``data.batch_size`` samples of every step, on ``cuda:LOCAL_RANK`` when the device is CUDA."""
     from .. import data as nd
     from ..spaces import base
 
@@ -60,6 +67,10 @@ def search(
     weight_ids, arch_ids = split_weight_arch(list(train_ids), config.seed)
     pre = nd.Preprocessing(spacing=data.spacing, intensity=dict(data.intensity), crop_nonzero=data.crop_nonzero)
     augment = nd.Augmentations(p=data.augment) if data.augment > 0 else None
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    group = ProcessGroup.from_environment(torch.device(device).type)
+    if group.active and torch.device(device).type == "cuda" and torch.device(device).index is None:
+        config = dataclasses.replace(config, device=f"cuda:{group.local_rank}")
 
     def stream(ids: list[str], seed: int) -> StepBatches:
         patches = nd.PatchDataset(
@@ -70,7 +81,10 @@ def search(
             seed=seed,
             augment=augment,
         )
-        return StepBatches(PatchSample(patches), data.batch_size, config.total_steps, seed, data.workers)
+        sample = PatchSample(patches)
+        if group.active:
+            sample = RankSamples(sample, data.batch_size, group, seed)
+        return StepBatches(sample, data.batch_size, config.total_steps, seed, data.workers)
 
     meta = {
         "in_channels": in_channels,
@@ -85,6 +99,7 @@ def search(
             "batch_size": data.batch_size,
             "augment": data.augment,
             "ratio": list(data.ratio),
+            "processes": group.world,  # the batch of a step is processes * batch_size samples
         },
     }
     runner = SEARCHERS[searcher](
@@ -96,6 +111,7 @@ def search(
         meta,
         supernet_options=supernet_options,
         on_step=on_step,
+        group=group,
         **(searcher_options or {}),
     )
     return runner.fit(resume=resume)
