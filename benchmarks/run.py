@@ -35,6 +35,7 @@ SUITES = (
     "memory_prediction",
     "conv_route",
     "upsample",
+    "search_step",
 )
 
 

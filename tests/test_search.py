@@ -197,3 +197,16 @@ def test_tau_schedule_and_noise():
     assert torch.equal(a, uniform_noise((4, 3), (0, 1, 0, 0), torch.float32, torch.device("cpu")))
     assert not torch.equal(a, uniform_noise((4, 3), (0, 2, 0, 0), torch.float32, torch.device("cpu")))
     assert (a > 0).all() and (a < 1).all()
+
+
+def test_search_step_suite_has_the_issue_ratio_keys():
+    from benchmarks.search_step import SUITE
+
+    assert {r.key for r in SUITE.ratios} == {
+        "dints_search_step.speedup_vs_monai",
+        "dints_search_step.memory_vs_monai",
+        "gumbel_search_step.speedup_vs_monai",
+        "gumbel_search_step.memory_vs_monai",
+    }
+    for r in SUITE.ratios:
+        SUITE.case(r.case), SUITE.case(r.baseline)  # both sides exist
