@@ -20,6 +20,39 @@ def _column(rows: list[dict], name: str) -> tuple[np.ndarray, np.ndarray]:
     return steps, values
 
 
+def _matrix(value) -> np.ndarray | None:
+    """A field that is a rectangular table of numbers (e.g. dints' layers x edges), else None."""
+    try:
+        table = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return table if table.ndim == 2 and table.size > 1 else None
+
+
+def _draw_arch(ax, arch: Arch) -> None:
+    """The architecture: its first table-shaped field as a grid of values (rows x columns), the other
+    fields as text."""
+    fields = arch.to_dict()
+    tables = {k: m for k, v in fields.items() if (m := _matrix(v)) is not None}
+    lines = [f"{k}: {v}" for k, v in fields.items() if k not in tables]
+    text = "\n".join(line if len(line) < 90 else line[:87] + "..." for line in lines)
+    if tables:
+        name, table = next(iter(tables.items()))
+        ax.imshow(table, aspect="auto", interpolation="nearest", cmap="tab10", vmin=0, vmax=9)
+        if table.size <= 400:
+            for (i, j), v in np.ndenumerate(table):
+                ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=7)
+        ax.set(title=f"architecture found ({arch.space}): {name}", xlabel="column", ylabel="row")
+        ax.set_xticks(range(table.shape[1]))
+        ax.set_yticks(range(table.shape[0]))
+        if text:
+            ax.set_xlabel(text, family="monospace", fontsize=7)
+        return
+    ax.axis("off")
+    ax.text(0, 1, f"architecture found ({arch.space})\n\n{text}", va="top", family="monospace", fontsize=8,
+            wrap=True)
+
+
 def write_report(out_dir: str, csv_path: str, history: list[dict], arch: Arch) -> str:
     """Write ``out_dir/report.png`` from search.csv, the history entries and the final ``arch``; returns
     its path. Panels: weight/architecture loss per step; entropy (and the temperature when logged); the
@@ -60,12 +93,7 @@ def write_report(out_dir: str, csv_path: str, history: list[dict], arch: Arch) -
         ax.set_xticks(range(len(history)), [str(h["epoch"]) for h in history])
     else:
         ax.text(0.5, 0.5, "no epoch finished", ha="center", va="center")
-    ax = axes[1, 1]
-    ax.axis("off")
-    lines = [f"{key}: {value}" for key, value in arch.to_dict().items()]
-    text = "\n".join(line if len(line) < 90 else line[:87] + "..." for line in lines)
-    ax.text(0, 1, f"architecture found ({arch.space})\n\n{text}",
-            va="top", family="monospace", fontsize=8, wrap=True)
+    _draw_arch(axes[1, 1], arch)
     fig.tight_layout()
     path = os.path.join(out_dir, "report.png")
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
