@@ -10,6 +10,12 @@ Every architecture also has a 1D integer encoding (T-AutoML §3.2): ``encode(arc
 ``decode(vector)`` reads it back, and ``vector_choices()`` gives the number of choices at each position
 (searchers that work on vectors need nothing else). Bad architectures and vectors raise
 :class:`ArchError` naming the position (``ArchError("position 7: level 6 outside 2..5")``).
+
+A space with a supernet also has ``arch_shapes()`` (its supernet's groups, without building it) and
+``derive(logits)``: the architecture a supernet search ends with, from the supernet's architecture
+logits, one (E, K) tensor per group as ``Supernet.arch_logits()`` holds them. Every supernet searcher
+makes that one call, whatever the space. A space without a supernet (tautoml) raises
+:class:`NoSupernetError` from ``supernet``, ``arch_shapes`` and ``derive``, pointing to the trial searchers.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import dataclasses
 import importlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -40,6 +46,12 @@ _REGISTRY: dict[str, type[SearchSpace]] = {}
 
 class ArchError(ValueError):
     """An architecture or encoding that the space cannot hold; the message names the position."""
+
+
+class NoSupernetError(ValueError, NotImplementedError):
+    """A supernet, or what only a supernet search needs (``arch_shapes``, ``derive``), asked of a space that
+    shares no weights. A ValueError (the request does not fit the space) and, for callers written
+    before it, a NotImplementedError."""
 
 
 def as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
@@ -180,6 +192,8 @@ class SearchSpace(ABC):
     arch_type: ClassVar[type[Arch]]
     #: spatial sizes of input patches must be multiples of this (the network's total downsampling).
     stride: int = 1
+    #: spaces without a supernet: why (the end of :class:`NoSupernetError`'s message); None for the others.
+    no_supernet_reason: ClassVar[str | None] = None
 
     def __init__(self, **options: Any):
         self.options = dict(options)
@@ -230,7 +244,75 @@ class SearchSpace(ABC):
 
     @abstractmethod
     def supernet(self, in_channels: int, num_classes: int, **options: Any) -> Supernet:
-        """The weight-sharing network over the whole space (see :class:`Supernet`)."""
+        """The weight-sharing network over the whole space (see :class:`Supernet`); spaces without one
+        raise ``self.no_supernet_error()``."""
+
+    # -- supernet searches -------------------------------------------------------------------------
+
+    def no_supernet_error(self) -> NoSupernetError:
+        """The error of every supernet request on a space without a supernet."""
+        message = (
+            f"space {self.name!r} has no supernet: search it with a trial searcher (random, evolution, relation)"
+        )
+        if self.no_supernet_reason:
+            message += f". {self.no_supernet_reason}"
+        return NoSupernetError(message)
+
+    def arch_shapes(self) -> dict[str, tuple[int, int]]:
+        """{group: (E, K)} of the supernet's architecture logits, as ``supernet(...).arch_shapes()`` gives
+        them, without building the supernet. Spaces with a supernet override it."""
+        raise self.no_supernet_error()
+
+    def derive(self, logits: Mapping[str, torch.Tensor]) -> Arch:
+        """The architecture a supernet search ends with: from the architecture logits of the space's
+        supernet, ``{group: (E, K) tensor}`` exactly as ``Supernet.arch_shapes()``/``arch_logits()`` give
+        them (on any device, any real dtype, with or without requires_grad; never modified). The result
+        always passes ``check``, and logits that strongly favour an architecture
+        (``{g: 10 * w for g, w in supernet.one_hot(arch).items()}``) give that architecture back. Each
+        space's docstring gives its rule; ties go to the lower index. Bad logits raise ValueError naming
+        the group and the expected shape (see ``check_logits``). Spaces without a supernet raise
+        :class:`NoSupernetError`."""
+        raise self.no_supernet_error()
+
+    def check_logits(self, logits: Mapping[str, Any], shapes: Mapping[str, tuple[int, int]] | None = None) -> dict[str, torch.Tensor]:
+        """``logits`` checked against ``shapes`` (default ``arch_shapes()``): exactly those groups, each
+        a real tensor (or array) of its (E, K) shape with finite values. Returns detached float64 CPU
+        copies; ValueError names the group and the shape it must have."""
+        shapes = dict(self.arch_shapes() if shapes is None else shapes)
+        where = f"{self.name}: derive"
+        groups = ", ".join(f"{g!r} {tuple(s)}" for g, s in shapes.items())
+        if not isinstance(logits, Mapping):
+            raise ValueError(
+                f"{where} takes a dict of the supernet's architecture logits, {{group: (E, K) tensor}} ({groups}), "
+                f"got {type(logits).__name__}"
+            )
+        extra = [g for g in logits if g not in shapes]
+        if extra:
+            raise ValueError(f"{where}: unknown groups {sorted(map(str, extra))}; the supernet's groups are {groups}")
+        out = {}
+        for group, shape in shapes.items():
+            shape = tuple(int(n) for n in shape)
+            need = f"{where}: weights[{group!r}] must be a {shape} tensor (group {group!r} of the architecture logits)"
+            if group not in logits:
+                raise ValueError(f"{need}, missing; the groups are {groups}")
+            value = logits[group]
+            if isinstance(value, np.ndarray):
+                value = torch.from_numpy(np.array(value))
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"{need}, got {type(value).__name__}")
+            if tuple(value.shape) != shape:
+                raise ValueError(f"{need}, got shape {tuple(value.shape)}")
+            if value.is_complex():
+                raise ValueError(f"{need} of real values, got dtype {value.dtype}")
+            if value.device.type == "meta":
+                raise ValueError(f"{need} holding values, got a meta tensor")
+            value = value.detach().to("cpu", torch.float64, copy=True)
+            bad = ~torch.isfinite(value)
+            if bad.any():
+                rows = sorted({int(r) for r in bad.nonzero()[:, 0]})
+                raise ValueError(f"{need} of finite values; rows {rows[:10]}{'...' if len(rows) > 10 else ''} hold NaN or inf")
+            out[group] = value
+        return out
 
     def cost(self, arch: Arch, input_shape: Sequence[int], num_classes: int = 2) -> Cost:
         """Parameters and forward FLOPs of ``build(arch, C, num_classes)`` for an input patch of shape

@@ -77,14 +77,15 @@ super-network over the *fixed* searched topology s* with single-path one-shot un
 (eq. 6-7). ``supernet(..., topology=code)`` is that network: each cell branch's convolution is a
 ``MixedEdge3d`` over the three operations; group ``"ops"`` has shape (12, 3), row i driving both
 branches of cell i. Single-path sampling passes ``(one_hot (12, 3), indices (12, 1))``; dense weights
-work too.
+work too. The space's ``topology`` option makes it the fine stage's space over that topology:
+``supernet()`` defaults to it and ``derive(logits)`` (each cell's argmax operation) puts the result on it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -397,23 +398,72 @@ def _describe(t: Any) -> str:
 @register
 class C2FNASSpace(SearchSpace):
     """C2FNAS's space (see the module docstring). Options: ``channels`` (filters at level 0, 32 in
-    the paper; the ablation of §5.3 scales it)."""
+    the paper; the ablation of §5.3 scales it) and ``topology`` (None: the joint space; a code or a
+    ``C2FNASArch``: the fine stage's space over that searched topology s* (§3.4), where ``sample`` draws
+    colourings of it, architectures of other topologies are refused, ``supernet`` defaults to it and
+    ``derive`` reads it)."""
 
     name = "c2fnas"
     arch_type = C2FNASArch
     stride = 2 * 2**NUM_DOWN  # the stem's stride 2, then three down-samplings
 
-    def __init__(self, channels: int = 32):
+    def __init__(self, channels: int = 32, topology: Sequence[int] | C2FNASArch | None = None):
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels must be a positive int, got {channels!r}")
-        super().__init__(channels=channels)
+        fixed = None if topology is None else _topology_code(topology)
+        options: dict[str, Any] = {"channels": channels}
+        if fixed is not None:  # recorded only when set: the joint space's options stay {"channels": ...}
+            options["topology"] = list(fixed)
+        super().__init__(**options)
         self.channels = channels
+        #: the fine stage's fixed topology, or None (the joint space)
+        self.topology: tuple[int, ...] | None = fixed
+
+    def _check_fixed(self, topology: tuple[int, ...]) -> None:
+        if self.topology is not None and tuple(topology) != self.topology:
+            first = next(i for i, (a, b) in enumerate(zip(topology, self.topology)) if a != b)
+            raise ArchError(
+                f"c2fnas: position {first}: topology {tuple(topology)} is not this fine-stage space's "
+                f"topology {self.topology}"
+            )
+
+    # -- supernet searches (the fine stage) -------------------------------------------------------
+
+    def arch_shapes(self) -> dict[str, tuple[int, int]]:
+        return {"ops": (NUM_CELLS, len(CELL_OPS))}
+
+    def derive(
+        self, logits: Mapping[str, torch.Tensor], topology: Sequence[int] | C2FNASArch | None = None
+    ) -> C2FNASArch:
+        """The fine stage's result: each cell's most probable operation (argmax of its row of
+        ``logits["ops"]`` (12, 3), the supernet's one group; ties go to the lower index), on the fixed
+        topology: ``topology`` when given, else the space's ``topology`` option. (The paper ranks the
+        sampled colourings on the inherited weights, eq. 7; with learned logits their argmax is the
+        colouring the supernet prefers.)"""
+        w = self.check_logits(logits)
+        if topology is None:
+            if self.topology is None:
+                raise ValueError(
+                    "c2fnas: derive needs the fine stage's topology: the logits (12 cells x 3 operations) do "
+                    "not hold it. Construct the space with topology=<code> (--space-option "
+                    "topology=[0,1,...]), as the supernet was built on, or pass derive(logits, topology=...)"
+                )
+            code = self.topology
+        else:
+            code = _topology_code(topology)
+            self._check_fixed(code)
+        ops = tuple(CELL_OPS[k] for k in w["ops"].argmax(dim=1).tolist())
+        return C2FNASArch(code, ops)
 
     # -- encodings ---------------------------------------------------------------------------------
 
     def sample(self, rng: np.random.Generator | int | None = None) -> C2FNASArch:
-        """Uniform over the 924 topologies and, independently, over each cell's operation."""
+        """Uniform over the 924 topologies (the space's fixed ``topology`` when set) and, independently,
+        over each cell's operation."""
         rng = as_rng(rng)
+        if self.topology is not None:
+            ops = tuple(CELL_OPS[int(k)] for k in rng.integers(0, len(CELL_OPS), NUM_CELLS))
+            return C2FNASArch(self.topology, ops)
         positions = sorted(int(p) for p in rng.choice(NUM_CELLS, 2 * NUM_DOWN, replace=False))
         moves = [0] * NUM_CELLS
         for rank, p in enumerate(positions):
@@ -429,6 +479,7 @@ class C2FNASSpace(SearchSpace):
         if not isinstance(arch, C2FNASArch):
             raise ArchError(f"c2fnas: expected a C2FNASArch, got {type(arch).__name__}")
         topology = check_topology(arch.topology)
+        self._check_fixed(topology)
         ops = _check_ops(arch.ops)
         return [*topology, *(CELL_OPS.index(op) for op in ops)]
 
@@ -438,12 +489,18 @@ class C2FNASSpace(SearchSpace):
             raise ArchError(f"c2fnas: the encoding has length {len(vector)}, expected {len(choices)}")
         values = integers(vector, self.name)
         topology = check_topology(values[:NUM_CELLS])  # the priors' messages name the position
+        self._check_fixed(topology)
         ops = check_vector(values, choices, self.name)[NUM_CELLS:]
         return C2FNASArch(topology, tuple(CELL_OPS[k] for k in ops))
 
     def enumerate(self) -> Iterator[C2FNASArch]:
         """The coarse-stage space: the 924 topologies, each with the default colouring c_0 (3D
-        convolution in every cell). The fine stage's colourings are sampled, not listed."""
+        convolution in every cell). The joint space's colourings are sampled, not listed. With a fixed
+        ``topology`` (the fine stage's space): its 3^12 colourings, lazily, in lexicographic order."""
+        if self.topology is not None:
+            for ops in itertools.product(CELL_OPS, repeat=NUM_CELLS):
+                yield C2FNASArch(self.topology, ops)
+            return
         for code in topologies():
             yield C2FNASArch(code, (DEFAULT_OP,) * NUM_CELLS)
 
@@ -460,18 +517,33 @@ class C2FNASSpace(SearchSpace):
         self, in_channels: int, num_classes: int, *, topology: Sequence[int] | Arch | None = None, norm: str = "shared"
     ) -> C2FNASSupernet:
         """The fine-stage supernet over ``topology`` (a code, or an architecture whose topology is
-        taken). ``norm``: MixedEdge3d's placement, "shared" or "per_op" (equal for one-hot weights)."""
+        taken; default the space's ``topology`` option). ``norm``: MixedEdge3d's placement, "shared" or
+        "per_op" (equal for one-hot weights)."""
         _check_sizes(in_channels, num_classes)
+        if topology is not None and self.topology is not None:
+            try:
+                self._check_fixed(_topology_code(topology))
+            except ArchError as exc:
+                raise ValueError(f"c2fnas: supernet(topology=...): {exc}") from exc
+        topology = self.topology if topology is None else topology
         if topology is None:
             raise ValueError(
                 "c2fnas: supernet() needs topology=<code or C2FNASArch>: C2FNAS shares weights only in the fine "
                 "stage, over the topology the coarse stage found (§3.4); the coarse stage trains every topology "
-                "from scratch (§3.3), e.g. over enumerate()"
+                "from scratch (§3.3), e.g. over enumerate(); or construct the space with topology=<code>"
             )
         code = topology.topology if isinstance(topology, C2FNASArch) else topology
         if isinstance(code, (str, bytes)) or not isinstance(code, Sequence):
             raise TypeError(f"topology must be a code of {NUM_CELLS} levels or a C2FNASArch, got {topology!r}")
         return C2FNASSupernet(code, in_channels, num_classes, self.channels, norm)
+
+
+def _topology_code(topology: Sequence[int] | C2FNASArch) -> tuple[int, ...]:
+    """The checked code of a topology given as a code or as a ``C2FNASArch``."""
+    code = topology.topology if isinstance(topology, C2FNASArch) else topology
+    if isinstance(code, (str, bytes)) or not isinstance(code, Sequence):
+        raise TypeError(f"topology must be a code of {NUM_CELLS} levels or a C2FNASArch, got {topology!r}")
+    return check_topology(code)
 
 
 def _check_sizes(in_channels: int, num_classes: int) -> None:

@@ -41,12 +41,21 @@ Choices the paper leaves open, and what this space does:
   edge's most probable op.
 - Patch sizes must be multiples of 2 ** (num_depths - 1 + use_downsample) (16 by default), so every
   scale has an even size wherever it is downsampled.
+
+The supernet search's result, ``derive(logits)``: the supernet's groups "paths" (L * E, 2), row l * E + e
+(off, on), and "ops" (L * E, O). An edge's path logit (MONAI's ``log_alpha_a``) is
+``paths[:, 1] - paths[:, 0]`` (the on-probability of a softmax over (off, on) is sigmoid of that
+difference), reshaped (L, E); the op logits reshaped (L, E, O) are MONAI's ``log_alpha_c``; then
+``decode_logits``. So a MONAI-style search passes ``paths = stack([0, a], -1)``, and logits favouring an
+architecture (``10 * one_hot(arch)``: +-10 path logits) decode to it: every feasible architecture
+round-trips. ``export_monai`` writes the result as MONAI's search codes (``search_dints.py``'s file).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -137,6 +146,10 @@ class DintsSpace(SearchSpace):
     def num_edges(self) -> int:
         return self.layout.num_edges
 
+    def arch_shapes(self) -> dict[str, tuple[int, int]]:
+        n = self.layout.num_blocks * self.num_edges
+        return {"paths": (n, 2), "ops": (n, len(self.ops))}
+
     # -- encodings -------------------------------------------------------------------------------
 
     def vector_choices(self) -> list[int]:
@@ -225,6 +238,21 @@ class DintsSpace(SearchSpace):
         rows = tuple(tuple(int(best_op[l, e]) if masks[l] >> e & 1 else 0 for e in range(E)) for l in range(L))
         return DintsArch(edges=rows)
 
+    def derive(self, logits: Mapping[str, torch.Tensor]) -> DintsArch:
+        """The supernet search's architecture (see the module docstring): path logits
+        ``paths[:, 1] - paths[:, 0]`` as (L, E), op logits as (L, E, O), then ``decode_logits``."""
+        path, ops = self._monai_logits(logits)
+        return self.decode_logits(path, ops)
+
+    def _monai_logits(self, logits: Mapping[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        """(log_alpha_a (L, E), log_alpha_c (L, E, O)) float64 arrays of checked supernet logits."""
+        w = self.check_logits(logits)
+        L, E, O = self.layout.num_blocks, self.num_edges, len(self.ops)
+        path = (w["paths"][:, 1] - w["paths"][:, 0]).reshape(L, E)
+        if not torch.isfinite(path).all():  # finite logits whose difference overflows float64
+            raise ValueError(f"{self.name}: derive: weights['paths'] (shape {(L * E, 2)}): on - off overflows")
+        return path.numpy(), w["ops"].reshape(L, E, O).numpy()
+
     # -- MONAI's codes -----------------------------------------------------------------------------
 
     def monai_codes(self, arch: DintsArch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -239,6 +267,69 @@ class DintsSpace(SearchSpace):
             node_a[0, self.reads[edge]] |= int(code_a[0, edge])
             node_a[1:, self.writes[edge]] |= code_a[:, edge].astype(np.int64)
         return node_a, code_a, code_c
+
+    def export_monai(
+        self,
+        arch: DintsArch,
+        path: str | os.PathLike,
+        logits: Mapping[str, torch.Tensor] | None = None,
+        *,
+        iter_num: int = 0,
+        epochs: int = 0,
+        **metrics: float,
+    ) -> dict[str, Any]:
+        """Write ``arch`` as MONAI's search codes, the file MONAI's DiNTS tutorial's ``search_dints.py``
+        saves (``torch.save`` of a dict; atomically here) and its ``train_dints.py`` and Auto3DSeg's dints
+        template (``configs/network.yaml``) read into ``TopologyInstance(arch_code=[a, c])`` and
+        ``DiNTS(node_a=...)``. Returns the dict written.
+
+        Keys, as numpy arrays (MONAI 1.6's ``TopologyInstance`` takes only numpy codes):
+
+        - ``node_a`` (L + 1, D) int64, ``arch_code_a`` (L, E) float64 0/1, ``arch_code_c`` (L, E) int64
+          op indices, ``arch_code_a_max`` (L, E) int64: ``TopologySearch.decode()``'s four codes (the
+          tutorial's names);
+        - ``code_a``, ``code_c``, ``code_a_max``: the same arrays under the Auto3DSeg template's names;
+        - ``iter_num``, ``epochs`` (ints), and any ``metrics`` given (e.g. ``best_dsc``, ``best_path``,
+          ``dsc``, as the two MONAI searches record them).
+
+        ``logits``: the supernet logits ``arch`` was derived from (as ``derive`` takes them), when known:
+        then ``arch_code_a_max`` is each layer's most probable path activation and ``arch_code_c`` every
+        edge's op argmax, as MONAI's decode of those logits gives them. Without them ``arch_code_a_max``
+        is ``arch_code_a`` and off edges have op 0 (MONAI's network reads neither).
+
+        Loading: numpy arrays are not on ``torch.load(weights_only=True)``'s default allowlist (torch >=
+        2.6 refuses MONAI's own search codes too; MONAI issue #9025), so load with
+        ``with torch.serialization.safe_globals(dints.MONAI_CODE_GLOBALS): torch.load(path,
+        weights_only=True)`` (``load_monai_codes``) or ``weights_only=False`` for a trusted file."""
+        from .._atomic import atomic_write
+
+        node_a, code_a, code_c = self.monai_codes(arch)
+        code_a_max = code_a.astype(np.int64)
+        if logits is not None:
+            log_alpha_a, log_alpha_c = self._monai_logits(logits)
+            code_c_all = log_alpha_c.argmax(-1).astype(np.int64)
+            if not (code_c_all[code_a > 0] == code_c[code_a > 0]).all():
+                raise ValueError(f"{self.name}: export_monai: the architecture's ops are not the argmax of these logits")
+            code_c = code_c_all
+            code_a_max = most_probable_children(log_alpha_a)
+        for arg, value in (("iter_num", iter_num), ("epochs", epochs)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{arg} must be a non-negative int, got {value!r}")
+        for key, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise ValueError(f"metric {key} must be a number, got {value!r}")
+        codes = {
+            "node_a": node_a.astype(np.int64),
+            "arch_code_a": code_a.astype(np.float64),
+            "arch_code_a_max": code_a_max,
+            "arch_code_c": code_c.astype(np.int64),
+        }
+        record: dict[str, Any] = dict(codes)
+        record.update(code_a=codes["arch_code_a"], code_a_max=codes["arch_code_a_max"], code_c=codes["arch_code_c"])
+        record.update(iter_num=int(iter_num), epochs=int(epochs))
+        record.update({k: (float(v) if isinstance(v, (float, np.floating)) else int(v)) for k, v in metrics.items()})
+        atomic_write(os.fspath(path), lambda f: torch.save(record, f), suffix=".pth")
+        return record
 
     def from_monai(self, arch_code_a: np.ndarray, arch_code_c: np.ndarray) -> DintsArch:
         """The architecture of MONAI's (arch_code_a (L, E) 0/1, arch_code_c (L, E) op indices)."""
@@ -262,6 +353,47 @@ class DintsSpace(SearchSpace):
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         _check_io(in_channels, num_classes)
         return DintsSupernet(self.layout, in_channels, num_classes, norm=norm)
+
+
+#: the globals a MONAI search-codes file holds (numpy arrays), to allow in ``torch.load(weights_only=True)``.
+def _code_globals() -> list:
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    reconstruct = multiarray._reconstruct
+    return [
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.int64)),
+        type(np.dtype(np.float64)),
+        type(np.dtype(np.int32)),
+        reconstruct,
+        # files pickled by numpy 1 (MONAI's own, e.g. the tutorial's arch_code_cvpr.pth) name numpy.core
+        (reconstruct, "numpy.core.multiarray._reconstruct"),
+        (reconstruct, "numpy._core.multiarray._reconstruct"),
+    ]
+
+
+#: the globals a MONAI search-codes file holds (numpy arrays), to allow in ``torch.load(weights_only=True)``.
+MONAI_CODE_GLOBALS = tuple(_code_globals())
+
+
+def load_monai_codes(path: str | os.PathLike) -> dict[str, Any]:
+    """A MONAI search-codes file (``export_monai``'s, or MONAI's ``search_dints.py``'s) loaded with
+    ``torch.load(weights_only=True)``, numpy arrays allowed (``MONAI_CODE_GLOBALS``)."""
+    with torch.serialization.safe_globals(list(MONAI_CODE_GLOBALS)):
+        return torch.load(os.fspath(path), weights_only=True)
+
+
+def most_probable_children(log_alpha_a: np.ndarray) -> np.ndarray:
+    """(L, E) int64: each layer's most probable non-empty path activation under MONAI's child
+    probabilities (prod_e s_e or 1 - s_e, s = sigmoid(log_alpha_a), renormalised without the empty
+    one): every edge with s_e > 1/2, or the most probable single edge when there is none. MONAI's
+    ``decode()`` returns it as ``arch_code_a_max`` (ties aside: it takes the first child in its
+    enumeration order)."""
+    a = np.asarray(log_alpha_a, dtype=np.float64)
+    out = (a > 0).astype(np.int64)
+    for layer in np.flatnonzero(out.sum(1) == 0):
+        out[layer, int(a[layer].argmax())] = 1
+    return out
 
 
 def _check_io(in_channels: int, num_classes: int) -> None:

@@ -51,7 +51,7 @@ exactly w_identity * x (group "skip", (L, 2)). ``supernet.child_weights(arch)`` 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -376,18 +376,17 @@ class RonasmisSpace(SearchSpace):
         v = check_vector(vector, self.vector_choices(), self.name)
         return RonasmisArch(ops=tuple(self.ops[k] for k in v[0::2]), skips=tuple(v[1::2]))
 
-    def derive(self, weights: dict[str, torch.Tensor]) -> RonasmisArch:
-        """The discrete architecture of supernet weights: the strongest candidate of each layer's op and
-        skip edges. ``weights``: {"op": (L, K), "skip": (L, 2)} architecture weights or logits (ties go to
-        the lower index)."""
+    def arch_shapes(self) -> dict[str, tuple[int, int]]:
+        return {"op": (self.num_layers, len(self.ops)), "skip": (self.num_layers, len(SKIP_CANDIDATES))}
+
+    def derive(self, logits: Mapping[str, torch.Tensor]) -> RonasmisArch:
+        """The supernet search's architecture: each layer's most probable op and skip (argmax of its
+        logits, as the ENAS child network of a trained controller takes its most likely choice; the
+        paper gives no rule). ``logits``: {"op": (L, K), "skip": (L, 2)} as ``supernet.arch_logits()``
+        holds them; ties go to the lower index."""
+        w = self.check_logits(logits)
         vector = []
-        shapes = {"op": (self.num_layers, len(self.ops)), "skip": (self.num_layers, 2)}
-        for name, shape in shapes.items():
-            w = weights.get(name) if isinstance(weights, dict) else None
-            if not isinstance(w, torch.Tensor) or tuple(w.shape) != shape:
-                raise ValueError(f"weights[{name!r}] must be a {shape} tensor")
-        picks = {name: weights[name].detach().argmax(dim=1).tolist() for name in shapes}
-        for op, skip in zip(picks["op"], picks["skip"]):
+        for op, skip in zip(w["op"].argmax(dim=1).tolist(), w["skip"].argmax(dim=1).tolist()):
             vector += [op, skip]
         return self.decode(vector)
 

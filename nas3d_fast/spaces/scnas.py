@@ -59,14 +59,15 @@ The supernet has every edge of every cell (14 per cell: node j has j + 2) as a `
 8 candidates ``CELL_CANDIDATES`` with per-op placement (LeakyReLU-Conv-InstanceNorm on convolutions, the
 others bare) and act "leaky_relu". Architecture weights come in one group per cell type, (14, 8) each,
 shared by all cells of that type; edge e of a cell is node j's edge from predecessor p with
-e = j (j + 3) / 2 + p.
+e = j (j + 3) / 2 + p. ``derive(logits)`` turns those logits into the discrete cells by DARTS's
+derivation (softmax per edge; each node's two edges with the strongest non-zero candidate).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -430,20 +431,21 @@ class ScnasSpace(SearchSpace):
             cells[cell_type] = tuple(nodes)
         return ScnasArch(**cells)
 
-    def derive(self, weights: dict[str, torch.Tensor]) -> ScnasArch:
-        """The discrete architecture of supernet weights (DARTS §2.4's derivation): per cell type and
-        node, the two predecessors whose strongest non-zero candidate weighs most, each with that
-        candidate. ``weights``: {cell type: (14, 8)} architecture weights or logits (ties go to the
-        lower index)."""
+    def arch_shapes(self) -> dict[str, tuple[int, int]]:
+        return {t: (EDGES, len(CELL_CANDIDATES)) for t in CELL_TYPES}
+
+    def derive(self, logits: Mapping[str, torch.Tensor]) -> ScnasArch:
+        """The supernet search's architecture, by DARTS §2.4's derivation (which SCNAS §2.2 follows): per
+        cell type, each edge's candidate weights are the softmax of its 8 logits; each node keeps the
+        two incoming edges whose strongest non-zero candidate weighs most, each with that candidate.
+        ``logits``: {cell type: (14, 8)} as ``supernet.arch_logits()`` holds them (ties go to the lower
+        predecessor and op)."""
         zero = CELL_CANDIDATES.index("zero")
         cells = {}
-        for t in CELL_TYPES:
-            w = weights.get(t) if isinstance(weights, dict) else None
-            if not isinstance(w, torch.Tensor) or tuple(w.shape) != (EDGES, len(CELL_CANDIDATES)):
-                raise ValueError(f"weights[{t!r}] must be a ({EDGES}, {len(CELL_CANDIDATES)}) tensor")
-            w = w.detach().to("cpu", torch.float64).clone()
-            w[:, zero] = -torch.inf
-            best, op = w.max(dim=1)
+        for t, w in self.check_logits(logits).items():
+            w = torch.softmax(w, dim=1)
+            w[:, zero] = -1.0  # zero never counts (its edge is the one DARTS drops)
+            best, op = w.max(dim=1)  # max returns the first maximum: ties go to the lower op
             nodes = []
             for j in range(NODES):
                 rows = [edge_index(j, p) for p in range(j + 2)]

@@ -76,7 +76,8 @@ configuration choice. The space has ~4 x 10^25 block structures and 8.2 x 10^6 t
 
 Supernet
 --------
-None: ``supernet`` raises NotImplementedError. T-AutoML trains every sampled configuration from scratch
+None: ``supernet``, ``arch_shapes`` and ``derive`` raise ``NoSupernetError`` (a ValueError, and a
+NotImplementedError for older callers) pointing to the trial searchers. T-AutoML trains every sampled configuration from scratch
 (100 configurations, 10,000 iterations each, §4.1) to fit its binary relation predictor; it shares no
 weights. Its training-configuration positions (augmentation, learning rate, scheduler, loss,
 optimiser) cannot be weight-shared choices at all, and its block types are whole residual/bottleneck/attention blocks, not
@@ -324,6 +325,12 @@ class TAutoMLSpace(SearchSpace):
     name = "tautoml"
     arch_type = TAutoMLArch
     stride = 2 ** (MAX_LEVEL - 1)
+    no_supernet_reason = (
+        "T-AutoML (§3.3, §4.1) trains each sampled configuration from scratch and ranks configurations with "
+        "a binary relation predictor; it shares no weights. Its training configuration (augmentations, "
+        "learning rate, scheduler, loss, optimiser) cannot be a weight-shared choice, and its block types are "
+        "whole residual/bottleneck/axial-attention blocks, not MixedEdge3d candidates"
+    )
 
     def __init__(self, base_channels: int = 16, num_heads: int = 4, positional: bool = True, max_length: int = 64):
         for arg, value in (("base_channels", base_channels), ("num_heads", num_heads), ("max_length", max_length)):
@@ -456,10 +463,6 @@ class TAutoMLSpace(SearchSpace):
         return TAutoMLNetwork(arch, in_channels, num_classes, self.options)
 
     def supernet(self, in_channels: int, num_classes: int, **options: Any) -> Supernet:
-        raise NotImplementedError(
-            "tautoml has no supernet: T-AutoML (§3.3, §4.1) trains each sampled configuration from scratch "
-            "and ranks configurations with a binary relation predictor; it shares no weights. Its training "
-            "configuration (augmentations, learning rate, scheduler, loss, optimiser) cannot be a weight-shared "
-            "choice, and its block types are whole residual/bottleneck/axial-attention blocks, not "
-            "MixedEdge3d candidates. Search it with a predictor or evolution over sample()/encode()."
-        )
+        """No supernet (see the module docstring): raises :class:`NoSupernetError`, as ``arch_shapes`` and
+        ``derive`` do."""
+        raise self.no_supernet_error()
