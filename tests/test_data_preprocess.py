@@ -144,3 +144,39 @@ def test_read_label_rejects_non_integer_values(tmp_path):
         data.read_label(path)
     with pytest.raises(ValueError, match=r"missing\.nii\.gz does not exist"):
         data.read_image(os.path.join(str(tmp_path), "missing.nii.gz"))
+
+
+@pytest.mark.parametrize(
+    "intensity, message",
+    [
+        ({"kind": "ct", "window": [0, 0]}, r"window.*--ct-window.*low < high.*\[0, 0\]"),  # was NaN
+        ({"kind": "ct", "window": [1000, -1000]}, r"window.*low < high"),  # was a constant image
+        ({"kind": "ct", "window": [float("-inf"), float("inf")]}, r"window.*finite"),  # was NaN
+        ({"kind": "ct", "window": [-1000]}, r"window: \[low, high\]"),
+        ({"kind": "ct", "window": [-125, 225], "mean": 50.0, "std": 0.0}, r"'std' > 0"),  # was inf
+        ({"kind": "ct", "window": [-125, 225], "mean": 50.0}, r"'mean' and 'std' together"),
+        ({"kind": "zscore", "non_zero": True}, r"unknown key\(s\) \['non_zero'\]"),  # was ignored
+        ({"kind": "zscore", "nonzero": "no"}, r"nonzero must be true or false"),
+    ],
+)
+def test_intensity_settings_are_validated_where_they_are_configured(intensity, message):
+    """Issue 26 defect 12: the CT window was not validated ([0, 0] gave NaN, a reversed one a constant)."""
+    with pytest.raises(ValueError, match=r"Preprocessing\.intensity: .*" + message):
+        data.Preprocessing(intensity=intensity)
+    image = np.linspace(-2000, 2000, 27, dtype=np.float32).reshape(1, 3, 3, 3)
+    with pytest.raises(ValueError, match=message):  # the same check where it is applied (nas3d infer)
+        data.normalise_intensity(image, intensity)
+
+
+def test_train_cli_names_a_bad_ct_window_before_training(tmp_path, capsys):
+    from nas3d_fast import cli
+
+    root = data.make_synthetic(str(tmp_path / "d"), train=2, test=0, shape=(8, 8, 8), validation=1)
+    args = ["train", "--space", "ronasmis", "--arch", "default", "--data", root, "--out", str(tmp_path / "run"),
+            "--patch", "8", "8", "8", "--max-val-cases", "0", "--quiet", "--device", "cpu",
+            "--space-option", "base_channels=2", "--space-option", "depth=2", "--space-option", "layers_per_stage=1",
+            "--intensity", "ct", "--ct-window", "0", "0"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "--ct-window" in err and "[0.0, 0.0]" in err
+    assert not os.path.exists(tmp_path / "run" / "last.pt")

@@ -115,18 +115,67 @@ def resample(array: np.ndarray, affine: np.ndarray, target_spacing, order: int, 
     return np.stack([one(c) for c in array]), new_affine
 
 
+_INTENSITY_KEYS = {"none": {"kind"}, "ct": {"kind", "window", "mean", "std"}, "zscore": {"kind", "nonzero"}}
+
+
+def _finite(value) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
+def check_intensity(intensity) -> None:
+    """ValueError naming the setting unless ``intensity`` is a valid intensity dict (module docstring):
+    a known ``kind`` and only its keys; for "ct" a ``window`` of two finite numbers low < high (a window
+    [a, a] would divide by zero, a reversed one map everything to one value) and, when given, a finite
+    ``mean`` with a finite ``std`` > 0 (both or neither); for "zscore" a boolean ``nonzero``."""
+    if not isinstance(intensity, dict):
+        raise ValueError(f"intensity must be a dict with a 'kind', got {intensity!r}")
+    kind = intensity.get("kind", "none")
+    if kind not in _INTENSITY_KEYS:
+        raise ValueError(f"intensity kind must be 'none', 'ct' or 'zscore', got {kind!r}")
+    unknown = sorted(set(intensity) - _INTENSITY_KEYS[kind])
+    if unknown:
+        raise ValueError(
+            f"intensity {kind!r} has unknown key(s) {unknown}; it takes {sorted(_INTENSITY_KEYS[kind])}"
+        )
+    if kind == "ct":
+        window = intensity.get("window")
+        bounds = [_finite(v) for v in window] if isinstance(window, (list, tuple)) and len(window) == 2 else None
+        if bounds is None or None in bounds or not bounds[0] < bounds[1]:
+            raise ValueError(
+                "intensity 'ct' needs window: [low, high] (nas3d train: --ct-window LOW HIGH) with two finite "
+                f"numbers, low < high, in HU; got {window!r}"
+            )
+        if ("mean" in intensity) != ("std" in intensity):
+            raise ValueError(
+                f"intensity 'ct' takes 'mean' and 'std' together (standardise after clipping) or neither, "
+                f"got only {'mean' if 'mean' in intensity else 'std'}={intensity.get('mean', intensity.get('std'))!r}"
+            )
+        if "mean" in intensity:
+            mean, std = _finite(intensity["mean"]), _finite(intensity["std"])
+            if mean is None or std is None or std <= 0:
+                raise ValueError(
+                    "intensity 'ct' needs a finite 'mean' and a finite 'std' > 0, got "
+                    f"mean={intensity['mean']!r}, std={intensity['std']!r}"
+                )
+    if kind == "zscore" and not isinstance(intensity.get("nonzero", True), bool):
+        raise ValueError(f"intensity 'zscore': nonzero must be true or false, got {intensity['nonzero']!r}")
+
+
 def normalise_intensity(image: np.ndarray, intensity: dict, mask: np.ndarray | None = None) -> np.ndarray:
     """Intensity step on a (C, X, Y, Z) float32 image (see the module docstring). ``mask`` (X, Y, Z) bool is
-    the non-zero region for ``zscore`` with ``nonzero``; computed from the image when None."""
+    the non-zero region for ``zscore`` with ``nonzero``; computed from the image when None. ValueError for
+    settings that :func:`check_intensity` refuses."""
+    check_intensity(intensity)
     kind = intensity.get("kind", "none")
     image = image.astype(np.float32, copy=True)
     if kind == "none":
         return image
     if kind == "ct":
-        window = intensity.get("window")
-        if not (isinstance(window, (list, tuple)) and len(window) == 2 and float(window[0]) < float(window[1])):
-            raise ValueError(f"intensity 'ct' needs window: [low, high] with low < high, got {window!r}")
-        low, high = (float(v) for v in window)
+        low, high = (float(v) for v in intensity["window"])
         np.clip(image, low, high, out=image)
         if "mean" in intensity and "std" in intensity:
             return (image - float(intensity["mean"])) / float(intensity["std"])
@@ -168,6 +217,10 @@ class Preprocessing:
             raise ValueError(
                 f"Preprocessing.intensity must be a dict with kind 'none', 'ct' or 'zscore', got {self.intensity!r}"
             )
+        try:
+            check_intensity(self.intensity)
+        except ValueError as exc:
+            raise ValueError(f"Preprocessing.intensity: {exc}") from None
 
     def to_dict(self) -> dict:
         d = asdict(self)
