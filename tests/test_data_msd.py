@@ -113,6 +113,8 @@ def test_split_prefers_the_json_validation(tmp_path):
     assert data.split(index) == (["blob_000", "blob_001", "blob_002"], ["blob_003"])
     train, val = data.split(index, fold=1, k=2, seed=0)
     assert len(val) == 2 and not set(train) & set(val)
+    with pytest.raises(ValueError, match=r"4 training case\(s\) cannot be split into 5 .*'validation' list"):
+        data.split(index, fold=0)
 
 
 def test_volume_dataset_keeps_affine_and_spacing(blobs):
@@ -196,3 +198,156 @@ def test_patch_dataset_with_workers_is_deterministic_and_balanced(blobs):
     patches.set_epoch(1)
     other = run(0)
     assert not torch.equal(other[0]["image"], serial[0]["image"])
+
+
+# --- issue 26: one validation of the dataset when it is indexed (defects 5, 6, 7, 12f) -------------------
+
+TINY = dict(base_channels=2, depth=2, layers_per_stage=1)
+
+
+def _tiny_train(root, out, steps=1):
+    """train/run.py's train() for one or two steps of a tiny ronasmis on the CPU."""
+    import warnings
+
+    from nas3d_fast.train.run import DataSettings, train
+    from nas3d_fast.train.trainer import TrainConfig
+
+    config = TrainConfig(
+        epochs=1, steps_per_epoch=steps, roi_size=(8, 8, 8), sw_batch_size=1, progress=False, device="cpu"
+    )
+    settings = DataSettings(patch=(8, 8, 8), batch_size=1, augment=0.0, max_val_cases=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return train("ronasmis", "default", root, str(out), config, settings, TINY)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return data.make_synthetic(str(tmp_path_factory.mktemp("small")), train=3, test=1, shape=(12, 10, 9), seed=1)
+
+
+def _rewrite_label(root, name, fn=None, affine=None):
+    path = os.path.join(root, "labelsTr", name)
+    lab, aff = data.read_label(path)
+    lab = fn(lab) if fn is not None else lab
+    write_nifti(lab.astype(np.uint8), aff if affine is None else affine, path)
+    return path
+
+
+def test_label_with_another_affine_is_refused_naming_both_files(small, tmp_path):
+    """Defect 5: a label mirrored along x (same shape, flipped affine) was accepted and trained on."""
+    root = _copy(small, tmp_path)
+    _, aff = data.read_label(os.path.join(root, "labelsTr", "blob_001.nii.gz"))
+    mirrored = aff @ np.array([[-1, 0, 0, 11], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], float)
+    _rewrite_label(root, "blob_001.nii.gz", lambda lab: lab[::-1], affine=mirrored)
+    pattern = r"label .*labelsTr/blob_001\.nii\.gz is not on the grid of image .*imagesTr/blob_001\.nii\.gz"
+    with pytest.raises(ValueError, match=pattern):
+        data.MSDIndex(root)
+    # the cache reads both files and applies the same check, also for an index built without checking
+    case = data.MSDIndex(root, check=False).case("blob_001")
+    with pytest.raises(ValueError, match=pattern):
+        data.cache.load_and_preprocess(case, data.Preprocessing())
+    with pytest.raises(ValueError, match=pattern):
+        data.cache.PreprocessedCache(str(tmp_path / "c"), data.Preprocessing()).get(case)
+    # a shift by one voxel is refused too; float rounding of the header is not
+    shifted = aff.copy()
+    shifted[0, 3] += 1.5
+    _rewrite_label(root, "blob_001.nii.gz", lambda lab: lab[::-1], affine=shifted)
+    with pytest.raises(ValueError, match=r"1 voxels\) apart"):
+        data.MSDIndex(root)
+    rounded = aff + 1e-5
+    _rewrite_label(root, "blob_001.nii.gz", affine=rounded)
+    assert data.MSDIndex(root).num_classes == 2
+    with pytest.raises(ValueError, match="tolerance of 0 voxel"):  # the tolerance is an argument
+        data.MSDIndex(root, affine_tolerance=0)
+    with pytest.raises(ValueError, match="affine_tolerance"):
+        data.MSDIndex(root, affine_tolerance=-1)
+
+
+def test_image_channels_are_checked_against_modality(small, tmp_path):
+    """Defect 6: a 1-channel dataset declaring two modalities failed later in a convolution."""
+    root = _copy(small, tmp_path)
+    _edit_json(root, lambda m: m.update(modality={"0": "T1", "1": "T2"}))
+    with pytest.raises(ValueError, match=r"image .*imagesTr/blob_000\.nii\.gz has 1 channel\(s\).*'modality' declares 2"):
+        data.MSDIndex(root)
+    with pytest.raises(ValueError, match=r"imagesTr/blob_000\.nii\.gz has 1 channel"):
+        _tiny_train(root, tmp_path / "run")
+    # a test image with other channels than the training images is named as well
+    _edit_json(root, lambda m: m.update(modality={"0": "T1"}))
+    image, affine = data.read_image(os.path.join(root, "imagesTs", "blob_003.nii.gz"))
+    write_nifti(np.concatenate([image, image]), affine, os.path.join(root, "imagesTs", "blob_003.nii.gz"))
+    with pytest.raises(ValueError, match=r"test image .*imagesTs/blob_003\.nii\.gz has 2 channel"):
+        data.MSDIndex(root)
+    _edit_json(root, lambda m: m.update(modality={"0": "T1", "2": "T2"}))
+    with pytest.raises(ValueError, match=r"dataset\.json: 'modality' must number the channels 0, 1"):
+        data.MSDIndex(root)
+
+
+def test_label_values_are_checked_against_the_declared_classes(small, tmp_path):
+    """Defect 7: class 3 in a 2-class dataset passed indexing and caching, then crashed in the loss."""
+    root = _copy(small, tmp_path)
+
+    def add_class_3(lab):
+        lab[0, 0, 0] = 3
+        return lab
+
+    _rewrite_label(root, "blob_002.nii.gz", add_class_3)
+    pattern = r"label .*labelsTr/blob_002\.nii\.gz holds value\(s\) \[3\], outside the classes 0\.\.1 of .*dataset\.json"
+    with pytest.raises(ValueError, match=pattern):
+        data.MSDIndex(root)
+    with pytest.raises(ValueError, match=pattern):
+        _tiny_train(root, tmp_path / "run")
+    case = data.MSDIndex(root, check=False).case("blob_002")
+    with pytest.raises(ValueError, match=r"labelsTr/blob_002\.nii\.gz holds value\(s\) \[3\]"):
+        data.cache.load_and_preprocess(case, data.Preprocessing(), num_classes=2)
+
+
+def test_non_consecutive_declared_labels_are_refused(small, tmp_path):
+    """Defect 7: labels {0, 1, 2, 4} gave len(labels) = 4 classes in train/run.py but max + 1 = 5 in the index."""
+    root = _copy(small, tmp_path)
+    _edit_json(root, lambda m: m.update(labels={"0": "bg", "1": "a", "2": "b", "4": "c"}))
+    with pytest.raises(ValueError, match=r"dataset\.json: 'labels' must number the classes 0, 1, \.\.\., K-1.*missing \[3\]"):
+        data.MSDIndex(root)
+    with pytest.raises(ValueError, match=r"'labels' must number the classes"):
+        _tiny_train(root, tmp_path / "run")
+    _edit_json(root, lambda m: m.update(labels={"0": "bg"}))
+    with pytest.raises(ValueError, match=r"at least two classes"):
+        data.MSDIndex(root)
+    _edit_json(root, lambda m: m.update(labels={"0": "bg", "x": "a"}))
+    with pytest.raises(ValueError, match=r"'labels' keys must be integers, got 'x'"):
+        data.MSDIndex(root)
+    # declared classes that no case holds are fine: num_classes counts the declaration
+    _edit_json(root, lambda m: m.update(labels={"0": "bg", "1": "a", "2": "b"}))
+    index = data.MSDIndex(root)
+    assert index.num_classes == len(index.labels) == 3
+
+
+def test_dataset_without_dataset_json_infers_channels_and_classes_and_trains(tmp_path):
+    """Defect 12f: a dataset without dataset.json was indexed, then training blamed dataset.json."""
+    root = data.make_synthetic(
+        str(tmp_path / "nojson"), train=5, test=1, shape=(12, 10, 9), channels=2, num_classes=3, seed=2
+    )
+    os.remove(os.path.join(root, "dataset.json"))
+    index = data.MSDIndex(root)
+    assert index.in_channels == len(index.modality) == 2 and index.declared == ()
+    assert index.num_classes == 3 and index.labels == {0: "background", 1: "class1", 2: "class2"}
+    summary = _tiny_train(root, tmp_path / "run")
+    assert summary["steps"] == 1
+    from nas3d_fast.train.checkpoint import load_training_checkpoint
+
+    ckpt = load_training_checkpoint(str(tmp_path / "run" / "checkpoint.pt"))
+    assert ckpt["meta"]["in_channels"] == 2 and ckpt["meta"]["num_classes"] == 3
+    # what cannot be inferred is refused at index time, naming the files
+    image, affine = data.read_image(os.path.join(root, "imagesTr", "blob_001.nii.gz"))
+    write_nifti(image[0], affine, os.path.join(root, "imagesTr", "blob_001.nii.gz"))
+    with pytest.raises(ValueError, match=r"image .*blob_001\.nii\.gz has 1 channel.*first image .*blob_000\.nii\.gz has 2"):
+        data.MSDIndex(root)
+    write_nifti(image, affine, os.path.join(root, "imagesTr", "blob_001.nii.gz"))
+    for name in [f"blob_{i:03d}" for i in range(5)]:
+        _rewrite_label(root, f"{name}.nii.gz", lambda lab: np.where(lab == 2, 4, lab))
+    with pytest.raises(ValueError, match=r"hold the values \[0, 1, 4\].*\[2, 3\] occur in none.*declare 'labels'"):
+        data.MSDIndex(root)
+    for name in [f"blob_{i:03d}" for i in range(5)]:
+        _rewrite_label(root, f"{name}.nii.gz", lambda lab: lab * 0)
+    with pytest.raises(ValueError, match=r"only background"):
+        data.MSDIndex(root)

@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 
 from .._atomic import atomic_path
-from .msd import Case
+from .msd import AFFINE_TOLERANCE, Case, check_label_values, check_same_grid
 from .nifti import read_image, read_label, write_json
 from .preprocess import PreprocessedCase, Preprocessing, preprocess_case
 
@@ -35,26 +35,35 @@ def _save_npy(array: np.ndarray, path: str) -> None:
         np.save(f, array)
 
 
-def load_and_preprocess(case: Case, settings: Preprocessing) -> PreprocessedCase:
-    """Read a case's NIfTI files and preprocess them (no cache). Raises ValueError naming the file when
-    image and label grids differ."""
+def load_and_preprocess(
+    case: Case, settings: Preprocessing, num_classes: int | None = None, affine_tolerance: float = AFFINE_TOLERANCE
+) -> PreprocessedCase:
+    """Read a case's NIfTI files and preprocess them (no cache). The label is checked as the index checks
+    it (:func:`~nas3d_fast.data.msd.check_same_grid`: the image's shape and affine; with ``num_classes``,
+    values below it): ValueError naming the files otherwise."""
     image, affine = read_image(case.image)
     label = None
     if case.label is not None:
-        label, _ = read_label(case.label)
-        if label.shape != image.shape[1:]:
-            raise ValueError(
-                f"label {case.label} has shape {label.shape}, image {case.image} has spatial shape "
-                f"{image.shape[1:]}: they must share the grid"
-            )
+        label, label_affine = read_label(case.label)
+        check_same_grid(
+            case.image, image.shape[1:], affine, case.label, label.shape, label_affine, affine_tolerance
+        )
+        if num_classes is not None:
+            values = np.flatnonzero(np.bincount(label.ravel().astype(np.int64))) if label.size else []
+            check_label_values(case.label, values, num_classes, f"the dataset ({num_classes} classes)")
     return preprocess_case(image, affine, label, settings)
 
 
 class PreprocessedCache:
-    """Preprocessed cases of one settings hash under ``root``; :meth:`get` fills it on a miss."""
+    """Preprocessed cases of one settings hash under ``root``; :meth:`get` fills it on a miss (reading
+    the files with :func:`load_and_preprocess`, so with the index's checks of the label)."""
 
-    def __init__(self, root: str, settings: Preprocessing):
+    def __init__(
+        self, root: str, settings: Preprocessing, num_classes: int | None = None, affine_tolerance=AFFINE_TOLERANCE
+    ):
         self.settings = settings
+        self.num_classes = num_classes
+        self.affine_tolerance = affine_tolerance
         self.dir = os.path.join(root, settings.key())
 
     def _paths(self, case_id: str):
@@ -75,7 +84,7 @@ class PreprocessedCache:
                     return PreprocessedCase(image, label, np.asarray(record["affine"]), record["meta"])
             except (OSError, ValueError, KeyError):
                 pass  # unreadable or stale entry: rebuild it below
-        pre = load_and_preprocess(case, self.settings)
+        pre = load_and_preprocess(case, self.settings, self.num_classes, self.affine_tolerance)
         try:
             self._write(case, pre, stamps)
         except OSError as exc:  # e.g. a read-only dataset folder: train without the cache

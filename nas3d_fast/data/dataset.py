@@ -64,9 +64,14 @@ class VolumeDataset(torch.utils.data.Dataset):
         if i not in self._loaded:
             case = self.cases[i]
             if self.cache_dir is None:
-                self._loaded[i] = load_and_preprocess(case, self.preprocessing)
+                self._loaded[i] = load_and_preprocess(
+                    case, self.preprocessing, self.index.num_classes, self.index.affine_tolerance
+                )
             else:
-                self._loaded[i] = PreprocessedCache(self.cache_dir, self.preprocessing).get(case)
+                cache = PreprocessedCache(
+                    self.cache_dir, self.preprocessing, self.index.num_classes, self.index.affine_tolerance
+                )
+                self._loaded[i] = cache.get(case)
         return self._loaded[i]
 
     def __getitem__(self, i: int) -> dict:

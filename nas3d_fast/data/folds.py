@@ -40,4 +40,9 @@ def split(index, fold: int | None = None, k: int = 5, seed: int = 0) -> tuple[li
     fold = 0 if fold is None else fold
     if not 0 <= fold < k:
         raise ValueError(f"fold must be in [0, {k}), got {fold}")
+    if len(ids) < k:
+        raise ValueError(
+            f"dataset {index.root}: {len(ids)} training case(s) cannot be split into {k} cross-validation folds; "
+            "name the validation cases in dataset.json's 'validation' list, or add cases"
+        )
     return kfold(ids, k, seed)[fold]
