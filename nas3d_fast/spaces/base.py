@@ -274,26 +274,29 @@ class SearchSpace(ABC):
         :class:`NoSupernetError`."""
         raise self.no_supernet_error()
 
-    def check_logits(self, logits: Mapping[str, Any], shapes: Mapping[str, tuple[int, int]] | None = None) -> dict[str, torch.Tensor]:
+    def check_logits(
+        self, logits: Mapping[str, Any], shapes: Mapping[str, tuple[int, int]] | None = None
+    ) -> dict[str, torch.Tensor]:
         """``logits`` checked against ``shapes`` (default ``arch_shapes()``): exactly those groups, each
-        a real tensor (or array) of its (E, K) shape with finite values. Returns detached float64 CPU
+        a real tensor (or array) of its (E, K) shape with finite values (a dict, any mapping, or the
+        ``nn.ParameterDict`` of ``Supernet.arch_logits()``). Returns detached float64 CPU
         copies; ValueError names the group and the shape it must have."""
         shapes = dict(self.arch_shapes() if shapes is None else shapes)
         where = f"{self.name}: derive"
         groups = ", ".join(f"{g!r} {tuple(s)}" for g, s in shapes.items())
-        if not isinstance(logits, Mapping):
+        if not isinstance(logits, Mapping) and not isinstance(logits, nn.ParameterDict):
             raise ValueError(
                 f"{where} takes a dict of the supernet's architecture logits, {{group: (E, K) tensor}} ({groups}), "
                 f"got {type(logits).__name__}"
             )
-        extra = [g for g in logits if g not in shapes]
+        extra = [g for g in logits.keys() if g not in shapes]
         if extra:
             raise ValueError(f"{where}: unknown groups {sorted(map(str, extra))}; the supernet's groups are {groups}")
         out = {}
         for group, shape in shapes.items():
             shape = tuple(int(n) for n in shape)
             need = f"{where}: weights[{group!r}] must be a {shape} tensor (group {group!r} of the architecture logits)"
-            if group not in logits:
+            if group not in logits.keys():
                 raise ValueError(f"{need}, missing; the groups are {groups}")
             value = logits[group]
             if isinstance(value, np.ndarray):
@@ -310,7 +313,8 @@ class SearchSpace(ABC):
             bad = ~torch.isfinite(value)
             if bad.any():
                 rows = sorted({int(r) for r in bad.nonzero()[:, 0]})
-                raise ValueError(f"{need} of finite values; rows {rows[:10]}{'...' if len(rows) > 10 else ''} hold NaN or inf")
+                more = "..." if len(rows) > 10 else ""
+                raise ValueError(f"{need} of finite values; rows {rows[:10]}{more} hold NaN or inf")
             out[group] = value
         return out
 

@@ -309,7 +309,9 @@ class DintsSpace(SearchSpace):
             log_alpha_a, log_alpha_c = self._monai_logits(logits)
             code_c_all = log_alpha_c.argmax(-1).astype(np.int64)
             if not (code_c_all[code_a > 0] == code_c[code_a > 0]).all():
-                raise ValueError(f"{self.name}: export_monai: the architecture's ops are not the argmax of these logits")
+                raise ValueError(
+                    f"{self.name}: export_monai: the architecture's ops are not the argmax of these logits"
+                )
             code_c = code_c_all
             code_a_max = most_probable_children(log_alpha_a)
         for arg, value in (("iter_num", iter_num), ("epochs", epochs)):

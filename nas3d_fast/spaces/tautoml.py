@@ -77,8 +77,8 @@ configuration choice. The space has ~4 x 10^25 block structures and 8.2 x 10^6 t
 Supernet
 --------
 None: ``supernet``, ``arch_shapes`` and ``derive`` raise ``NoSupernetError`` (a ValueError, and a
-NotImplementedError for older callers) pointing to the trial searchers. T-AutoML trains every sampled configuration from scratch
-(100 configurations, 10,000 iterations each, §4.1) to fit its binary relation predictor; it shares no
+NotImplementedError for older callers) pointing to the trial searchers. T-AutoML trains every sampled
+configuration from scratch (100 configurations, 10,000 iterations each, §4.1) to fit its binary relation predictor; it shares no
 weights. Its training-configuration positions (augmentation, learning rate, scheduler, loss,
 optimiser) cannot be weight-shared choices at all, and its block types are whole residual/bottleneck/attention blocks, not
 candidates of a ``MixedEdge3d`` edge.
