@@ -301,3 +301,155 @@ def test_low_precision_output_dtype_and_lse():
         _, lse = torch.ops.nas3d.axial_attention(x["q"], x["k"], x["v"], 3, 2, 0.35)
         # (B, heads, X, Z, L = Y) for q (1, 8, 2, 5, 2) along Y
         assert lse.dtype == torch.float32 and lse.shape == (1, 2, 2, 2, 5)
+
+
+# --- regressions of issue 27 ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_finding3_infinite_inputs_follow_ieee_like_the_reference(backend, dtype):
+    """Issue 27 finding 3: a key with logit -inf has probability exactly 0, and 0 * inf is NaN. The float32
+    cpu kernel clamped exp's argument at -87 (probability 1.6e-38, so 1.6e-38 * inf = inf): it returned inf
+    where the reference returns NaN."""
+    if not nas3d_fast.backends()[backend].usable:
+        pytest.skip(nas3d_fast.backends()[backend].reason)
+    inf = float("inf")
+    q = torch.tensor([1.0, 1.0], dtype=dtype).reshape(1, 1, 1, 1, 2)
+    k = torch.tensor([-inf, 1.0], dtype=dtype).reshape(1, 1, 1, 1, 2)
+    v = torch.tensor([inf, 2.0], dtype=dtype).reshape(1, 1, 1, 1, 2)
+    with forced_backend(backend):
+        out = axial_attention(q, k, v, 4, 1)
+    assert out.isnan().all(), out.flatten().tolist()
+    # exp of logits far below the float32 range's end still give subnormal, nonzero probabilities
+    k2 = torch.tensor([-95.0, 1.0], dtype=dtype).reshape(1, 1, 1, 1, 2)
+    v2 = torch.tensor([1e30, 0.0], dtype=dtype).reshape(1, 1, 1, 1, 2)
+    with forced_backend(backend):
+        out2 = axial_attention(q, k2, v2, 4, 1, scale=1.0)
+    with forced_backend("reference"):
+        want2 = axial_attention(q, k2, v2, 4, 1, scale=1.0)
+    torch.testing.assert_close(out2, want2, rtol=1e-5, atol=0)
+
+
+def _ieee_run(backend, q, k, v, rels, grad_out, scale=0.7):
+    """out and the gradients of q, k, v and the relative tables under ``backend``, for a fixed grad_out."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v, *rels.values())]
+    with forced_backend(backend):
+        out = axial_attention(*leaves[:3], 4, 1, scale=scale, **dict(zip(rels, leaves[3:])))
+        grads = torch.autograd.grad(out, leaves, grad_out)
+    return [out.detach(), *grads]
+
+
+def _assert_same_ieee(got, want, names, rtol):
+    """Same NaN, +inf and -inf positions, and the finite values close."""
+    for name, a, b in zip(names, got, want):
+        for cls in (torch.isnan, torch.isposinf, torch.isneginf):
+            assert torch.equal(cls(a), cls(b)), (name, cls.__name__, a.flatten().tolist(), b.flatten().tolist())
+        fin = torch.isfinite(b)
+        torch.testing.assert_close(a[fin], b[fin], rtol=rtol, atol=rtol, msg=name)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_finding3_a_block_of_minus_inf_logits_contributes_zero(backend, dtype):
+    """Issue 27 finding 3: on a line longer than a key block (128 keys on the cpu, 32 on the triton and
+    cuda kernels) whose first block holds only -inf logits, the online softmax took exp(-inf - -inf) = NaN
+    for the whole line, where the reference's softmax over the line gives probability 0 to those keys
+    and finite results. Forward and backward must follow the reference."""
+    if not nas3d_fast.backends()[backend].usable:
+        pytest.skip(nas3d_fast.backends()[backend].reason)
+    L = 160
+    q = torch.ones(1, 1, 1, 1, L, dtype=dtype)
+    k = torch.ones(1, 1, 1, 1, L, dtype=dtype)
+    k[..., :144] = -float("inf")
+    v = torch.linspace(-1, 1, L, dtype=dtype).reshape(1, 1, 1, 1, L)
+    grad_out = torch.linspace(1, 2, L, dtype=dtype).reshape(1, 1, 1, 1, L)
+    want = _ieee_run("reference", q, k, v, {}, grad_out)
+    got = _ieee_run(backend, q, k, v, {}, grad_out)
+    assert torch.isfinite(want[0]).all()
+    _assert_same_ieee(got, want, ["out", "dq", "dk", "dv"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_finding3_padding_queries_never_reach_the_key_gradients(backend, dtype):
+    """Issue 27 finding 3: with L = 2 (not a multiple of the cpu's SIMD lanes) the padding queries
+    (q = 0) had logits 0 * -inf = NaN, and their p * g = NaN * 0 made dk and dv of that key NaN, where
+    the reference's p = 0 gives exactly 0. With rel_k, an infinite row reached dk and drel_k the same way."""
+    if not nas3d_fast.backends()[backend].usable:
+        pytest.skip(nas3d_fast.backends()[backend].reason)
+    inf = float("inf")
+    q = torch.tensor([1.0, 2.0], dtype=dtype).reshape(1, 1, 1, 1, 2)
+    k = torch.tensor([-inf, 1.0], dtype=dtype).reshape(1, 1, 1, 1, 2)
+    v = torch.tensor([1.0, 2.0], dtype=dtype).reshape(1, 1, 1, 1, 2)
+    grad_out = torch.tensor([1.0, -0.5], dtype=dtype).reshape(1, 1, 1, 1, 2)
+    want = _ieee_run("reference", q, k, v, {}, grad_out)
+    got = _ieee_run(backend, q, k, v, {}, grad_out)
+    assert want[2].flatten().tolist() == [0.0, 0.0] and want[3].flatten()[0] == 0.0  # the -inf key: no gradient
+    _assert_same_ieee(got, want, ["out", "dq", "dk", "dv"], rtol=1e-6)
+    k = torch.tensor([0.5, 1.0], dtype=dtype).reshape(1, 1, 1, 1, 2)
+    rels = {"rel_k": torch.tensor([[inf], [0.5], [0.25]], dtype=dtype)}  # offset j - i = -1 infinite
+    want = _ieee_run("reference", q, k, v, rels, grad_out)
+    got = _ieee_run(backend, q, k, v, rels, grad_out)
+    _assert_same_ieee(got, want, ["out", "dq", "dk", "dv", "drel_k"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_finding3_an_infinite_query_multiplies_each_term_on_its_own(backend, dtype):
+    """Issue 27 finding 3: the reference forms q . k + q . rel_q (two matmuls), so q = inf with k = 2,
+    rel_q = -1 gives inf * 2 + inf * -1 = NaN; the cpu and cuda kernels formed q . (k + rel_q) = inf. The
+    same for the gradients ds * k + ds * rel_q and ds * q + ds * rel_k when ds is infinite."""
+    if not nas3d_fast.backends()[backend].usable:
+        pytest.skip(nas3d_fast.backends()[backend].reason)
+    inf = float("inf")
+    q = torch.tensor([inf, 1.0], dtype=dtype).reshape(1, 1, 1, 1, 2)
+    k = torch.tensor([2.0, 2.0], dtype=dtype).reshape(1, 1, 1, 1, 2)
+    v = torch.tensor([1.0, 3.0], dtype=dtype).reshape(1, 1, 1, 1, 2)
+    rels = {"rel_q": torch.tensor([[0.5], [-1.0], [-1.0]], dtype=dtype)}
+    grad_out = torch.tensor([1.0, -0.5], dtype=dtype).reshape(1, 1, 1, 1, 2)
+    want = _ieee_run("reference", q, k, v, rels, grad_out)
+    got = _ieee_run(backend, q, k, v, rels, grad_out)
+    assert want[0].flatten()[0].isnan()
+    _assert_same_ieee(got, want, ["out", "dq", "dk", "dv", "drel_q"], rtol=1e-6)
+    # an infinite ds (v = -inf, so out and delta are -inf) times q + rel_k: 2 * inf + -1 * inf is NaN
+    q = torch.tensor([2.0, 1.0], dtype=dtype).reshape(1, 1, 1, 1, 2)
+    v = torch.tensor([-inf, 1.0], dtype=dtype).reshape(1, 1, 1, 1, 2)
+    rels = {"rel_q": torch.tensor([[1.0], [2.0], [2.0]], dtype=dtype),
+            "rel_k": torch.tensor([[2.0], [2.0], [-1.0]], dtype=dtype),
+            "rel_v": torch.tensor([[2.0], [1.0], [2.0]], dtype=dtype)}
+    want = _ieee_run("reference", q, k, v, rels, torch.ones_like(q), scale=1.0)
+    got = _ieee_run(backend, q, k, v, rels, torch.ones_like(q), scale=1.0)
+    assert want[2].flatten()[1].isnan()
+    _assert_same_ieee(got, want, ["out", "dq", "dk", "dv", "drel_q", "drel_k", "drel_v"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_finding3_random_infinities_follow_the_reference(backend):
+    """Issue 27 finding 3, seeded fuzz: ±inf (and the odd NaN) in q, k, v and the relative tables, float32
+    and float64, lines of 2 to 9 (padding lanes), head dims 1 to 8; forward and every gradient for a
+    finite grad_out have the reference's NaN and infinity pattern and its finite values."""
+    if not nas3d_fast.backends()[backend].usable:
+        pytest.skip(nas3d_fast.backends()[backend].reason)
+    import random
+
+    rng = random.Random(27)
+    inf = float("inf")
+    for trial in range(40):
+        dtype = rng.choice([torch.float32, torch.float64])
+        L, D = rng.choice([2, 3, 9]), rng.choice([1, 2, 8])
+        gen = torch.Generator().manual_seed(trial)
+        q, k, v = (torch.randn(1, D, 1, 1, L, generator=gen, dtype=dtype) for _ in range(3))
+        rels = {}
+        if rng.random() < 0.4:
+            rels = {n: 0.5 * torch.randn(2 * L - 1, D, generator=gen, dtype=dtype) for n in REL_NAMES}
+        tensors = [q, k, v, *rels.values()]
+        for _ in range(rng.choice([1, 1, 2, 3])):
+            t = rng.choice(tensors)
+            t.view(-1)[rng.randrange(t.numel())] = rng.choice([inf, -inf, inf, -inf, float("nan")])
+        grad_out = torch.randn(q.shape, generator=gen, dtype=dtype)
+        want = _ieee_run("reference", q, k, v, rels, grad_out)
+        got = _ieee_run(backend, q, k, v, rels, grad_out)
+        names = ["out", "dq", "dk", "dv", *("d" + n for n in rels)]
+        tol = 1e-4 if dtype == torch.float32 else 1e-9
+        _assert_same_ieee(got, want, [f"trial {trial}: {n}" for n in names], rtol=tol)

@@ -96,16 +96,19 @@ inline vec_t<float> lane_sums<float>(const float* p, int64_t stride) {
 }
 
 // exp of float logits, eight lanes: Cody-Waite range reduction x = n ln2 + f, |f| <= ln2 / 2, Cephes'
-// polynomial (relative error ~1e-7), 2^n built in the exponent bits. Inputs below -87 (and -inf) give
-// ~1e-38 instead of 0: negligible in a softmax whose largest term is 1.
+// polynomial (relative error ~1e-7), 2^n applied as two normal powers 2^(n >> 1) * 2^(n - (n >> 1)) built
+// in the exponent bits, so that the results follow IEEE like std::exp across the whole range (the rule of
+// axial.h): subnormal below -87.3, exactly 0 below -103.98 and for -inf, inf above 88.72, NaN for NaN.
+// (Clamping at -87 gave 1.6e-38 for -inf: 1.6e-38 * an infinite value is inf where the reference's
+// 0 * inf is NaN.)
 inline vec_t<float> vexp(vec_t<float> x) {
   using V = vec_t<float>;
   using I = VecT<float>::itype;
-  const V lo = splat(-87.0f), hi = splat(88.0f);
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  const V n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  V f = x - n * 0.693359375f;
+  typedef uint32_t U __attribute__((vector_size(32)));
+  const V lo = splat(-104.0f), hi = splat(89.0f);
+  const V xc = x < lo ? lo : (x > hi ? hi : x);  // NaN lanes stay NaN (every comparison is false)
+  const V n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  V f = xc - n * 0.693359375f;
   f = f + n * 2.12194440e-4f;
   // The degree-5 polynomial by Estrin's scheme: three dependent steps instead of Horner's five (this exp
   // sits on the critical path of the backward's key loop).
@@ -115,10 +118,14 @@ inline vec_t<float> vexp(vec_t<float> x) {
   const V c = f * 1.6666665459e-1f + 5.0000001201e-1f;
   V y = a * (z * z) + (b * z + c);
   y = y * z + f + 1.0f;
-  const I bits = (__builtin_convertvector(n, I) + 127) << 23;
-  V two_n;
-  std::memcpy(&two_n, &bits, sizeof(two_n));
-  return y * two_n;
+  // n in [-150, 129] (garbage in NaN lanes, where y is NaN): both halves lie in [-75, 65], normal powers.
+  const I ni = __builtin_convertvector(n, I);
+  const I n1 = ni >> 1, n2 = ni - n1;
+  const U b1 = __builtin_convertvector(n1 + 127, U) << 23, b2 = __builtin_convertvector(n2 + 127, U) << 23;
+  V p1, p2;
+  std::memcpy(&p1, &b1, sizeof(p1));
+  std::memcpy(&p2, &b2, sizeof(p2));
+  return (y * p1) * p2;  // one rounding into the subnormals; 2^-150 * y < 2^-150 rounds to 0
 }
 inline vec_t<double> vexp(vec_t<double> x) {
   for (int l = 0; l < 4; ++l) x[l] = std::exp(x[l]);
@@ -131,6 +138,27 @@ inline vec_t<float> vlog(vec_t<float> x) {
 inline vec_t<double> vlog(vec_t<double> x) {
   for (int l = 0; l < 4; ++l) x[l] = std::log(x[l]);
   return x;
+}
+
+// The vector forms of softmax_base and rescale_factor of axial.h (the IEEE rule): the base subtracted
+// from the logits is 0 in lanes whose running max is still -inf, and the rescale factor is exactly 0 there.
+template <typename acc>
+inline vec_t<acc> vbase(vec_t<acc> m) {
+  const vec_t<acc> ninf = splat(-std::numeric_limits<acc>::infinity());
+  return m == ninf ? splat<acc>(0) : m;
+}
+template <typename acc>
+inline vec_t<acc> vrescale(vec_t<acc> m_old, vec_t<acc> m_new) {
+  const vec_t<acc> ninf = splat(-std::numeric_limits<acc>::infinity());
+  return m_old == ninf ? splat<acc>(0) : vexp(m_old - m_new);
+}
+
+// Lanes 0 .. N-1 as values: `lane_ids<acc>() < splat(acc(L - i0))` masks the padding queries of a tile.
+template <typename acc>
+inline vec_t<acc> lane_ids() {
+  vec_t<acc> v;
+  for (int l = 0; l < VecT<acc>::N; ++l) v[l] = static_cast<acc>(l);
+  return v;
 }
 
 constexpr int64_t kKeyBlock = 128;
@@ -272,7 +300,13 @@ inline vec_t<acc> lane_logits(const acc* __restrict__ QT, int64_t Lp, const acc*
   using V = vec_t<acc>;
   V s = splat<acc>(0);
   if (rel.q != nullptr) {
-    for (int64_t d = 0; d < D; ++d) s += load(QT + d * Lp + i0) * (kj[d * Lp] + load(rel.q + d * rel.stride + x0));
+    // q . k + q . rel_q as two products, not q . (k + rel_q): for an infinite q_d and finite k_d, rel_q
+    // the reference's inf * 2 + inf * -1 is NaN where inf * (2 - 1) would be inf.
+    for (int64_t d = 0; d < D; ++d) {
+      const V qd = load(QT + d * Lp + i0);
+      s += qd * kj[d * Lp];
+      s += qd * load(rel.q + d * rel.stride + x0);
+    }
   } else {
     for (int64_t d = 0; d < D; ++d) s += load(QT + d * Lp + i0) * kj[d * Lp];
   }
@@ -324,14 +358,15 @@ inline void forward_tile_fixed(const acc* __restrict__ QT, int64_t Lp, const acc
       m = bm;
     } else {  // online_rescale of axial.h, per lane
       const V m_new = bm > m ? bm : m;
-      const V corr = vexp(m - m_new);
+      const V corr = vrescale<acc>(m, m_new);
       l *= corr;
       for (int d = 0; d < DC; ++d) o[d] *= corr;
       m = m_new;
     }
     // The exps in a loop of their own (independent, so they pipeline), then the value sums.
+    const V base = vbase<acc>(m);  // block_prob of axial.h
     for (int64_t j = 0; j < nb; ++j) {
-      const V p = vexp(load(S + j * N) - m);
+      const V p = vexp(load(S + j * N) - base);
       l += p;
       store(S + j * N, p);
     }
@@ -342,7 +377,7 @@ inline void forward_tile_fixed(const acc* __restrict__ QT, int64_t Lp, const acc
     }
   }
   const V inv = splat<acc>(1) / l;
-  const V lse_v = m + vlog(l);
+  const V lse_v = vbase<acc>(m) + vlog(l);  // online_lse of axial.h
   const int64_t lanes = std::min<int64_t>(N, L - i0);
   for (int d = 0; d < DC; ++d) store(out_line + d * Lp + i0, o[d] * inv);
   for (int64_t t = 0; t < lanes; ++t) lse_line[i0 + t] = lse_v[t];
@@ -362,12 +397,20 @@ inline void backward_tile_fixed(const acc* __restrict__ QT, const acc* __restric
     dq[d] = splat<acc>(0);
   }
   const V lse_v = load(lse_l + i0), delta_v = load(delta + i0);
+  // Padding queries (lanes past L in the last tile) read q = g = 0, but their logit 0 * k_j is NaN for an
+  // infinite k_j, and p * g = NaN * 0 would reach dk and dv: their p and ds are set to exactly 0.
+  const bool masked = i0 + N > L;
+  const auto valid = lane_ids<acc>() < splat(static_cast<acc>(L - i0));
   // p and ds of key j (prob_from_lse and logit_grad of axial.h).
   auto probs = [&](int64_t j, V& p, V& ds) {
     const V s = dot_lanes<acc, DC>(qv, K + j, Lp);
     const V dp = dot_lanes<acc, DC>(gv, Vb + j, Lp);
     p = vexp(s - lse_v);
     ds = p * (dp - delta_v);
+    if (masked) {
+      p = valid ? p : splat<acc>(0);
+      ds = valid ? ds : splat<acc>(0);
+    }
   };
   auto accumulate = [&](int64_t j, const V& p, const V& ds) {
     const acc* kj = K + j;
@@ -461,13 +504,14 @@ void forward_typed(const Geometry& g, const at::Tensor& q, const at::Tensor& k, 
             m = bm;
           } else {
             const V m_new = bm > m ? bm : m;
-            const V corr = vexp(m - m_new);
+            const V corr = vrescale<acc>(m, m_new);
             l *= corr;
             for (int64_t d = 0; d < D; ++d) store(O + d * N, load(O + d * N) * corr);
             m = m_new;
           }
+          const V base = vbase<acc>(m);
           for (int64_t j = 0; j < nb; ++j) {
-            const V p = vexp(load(S + j * N) - m);
+            const V p = vexp(load(S + j * N) - base);
             l += p;
             const acc* vj = Vb + j0 + j;
             if (rel.v != nullptr) {
@@ -480,7 +524,7 @@ void forward_typed(const Geometry& g, const at::Tensor& q, const at::Tensor& k, 
           }
         }
         const V inv = splat<acc>(1) / l;
-        const V lse_v = m + vlog(l);
+        const V lse_v = vbase<acc>(m) + vlog(l);
         const int64_t lanes = std::min<int64_t>(N, L - i0);
         for (int64_t d = 0; d < D; ++d) store(out_line + d * Lp + i0, load(O + d * N) * inv);
         for (int64_t t = 0; t < lanes; ++t) lsep[n * L + i0 + t] = lse_v[t];
@@ -550,7 +594,7 @@ void backward_typed(const Geometry& g, const at::Tensor& grad, const at::Tensor&
         acc* dq_line = dQg.data() + t_line * D * Lp;
         acc* dk_line = dKg.data() + t_line * D * Lp;
         acc* dv_line = dVg.data() + t_line * D * Lp;
-        // delta_i = g_i . out_i; padding lanes get lse = delta = 0 and g = 0, so their ds and p g vanish.
+        // delta_i = g_i . out_i; padding lanes get lse = delta = 0 and g = 0 (and their p, ds are masked).
         std::fill(delta.begin(), delta.end(), static_cast<acc>(0));
         for (int64_t d = 0; d < D; ++d)
           for (int64_t i = 0; i < Lp; ++i) delta[i] += GT[d * Lp + i] * OT[d * Lp + i];
@@ -565,38 +609,52 @@ void backward_typed(const Geometry& g, const at::Tensor& grad, const at::Tensor&
             }
           }
           const V lse_v = load(lse_l.data() + i0), delta_v = load(delta.data() + i0);
+          // Padding queries (see backward_tile_fixed): p, ds and every product they enter, exactly 0.
+          const bool masked = i0 + N > L;
+          const auto valid = lane_ids<acc>() < splat(static_cast<acc>(L - i0));
+          const V zero = splat<acc>(0);
           std::fill(dQb.begin(), dQb.end(), static_cast<acc>(0));
           for (int64_t j = 0; j < L; ++j) {
             const int64_t x0 = L - 1 - j + i0;
             const acc* kj = K + j;
             const acc* vj = Vb + j;
             const V s = lane_logits(QT, Lp, kj, rel, D, i0, x0);
-            const V p = vexp(s - lse_v);  // prob_from_lse of axial.h
+            V p = vexp(s - lse_v);  // prob_from_lse of axial.h
+            if (masked) p = valid ? p : zero;
             V dp = splat<acc>(0);
             if (rel.v != nullptr) {
               for (int64_t d = 0; d < D; ++d) dp += load(GT + d * Lp + i0) * (vj[d * Lp] + load(rel.v + d * RS + x0));
             } else {
               for (int64_t d = 0; d < D; ++d) dp += load(GT + d * Lp + i0) * vj[d * Lp];
             }
-            const V ds = p * (dp - delta_v);  // logit_grad of axial.h
+            V ds = p * (dp - delta_v);  // logit_grad of axial.h
+            if (masked) ds = valid ? ds : zero;
             acc* dkj = dKV + j * 2 * D * N;
             acc* dvj = dkj + D * N;
             for (int64_t d = 0; d < D; ++d) {
               const V qd = load(QT + d * Lp + i0);
               const V gd = load(GT + d * Lp + i0);
               if (rel.q != nullptr) {
-                store(dQ + d * N, load(dQ + d * N) + ds * (kj[d * Lp] + load(rel.q + d * RS + x0)));
+                // ds * k + ds * rel_q, two products like the reference's (ds may be infinite; see lane_logits)
+                store(dQ + d * N, load(dQ + d * N) + ds * kj[d * Lp] + ds * load(rel.q + d * RS + x0));
               } else {
                 store(dQ + d * N, load(dQ + d * N) + ds * kj[d * Lp]);
               }
               if (rel.k != nullptr) {
-                store(dkj + d * N, load(dkj + d * N) + ds * (qd + load(rel.k + d * RS + x0)));
+                // ds * q + ds * rel_k, two products (see dq); masked: 0 * an infinite rel_k row in padding lanes
+                V t = ds * qd + ds * load(rel.k + d * RS + x0);
+                if (masked) t = valid ? t : zero;
+                store(dkj + d * N, load(dkj + d * N) + t);
               } else {
                 store(dkj + d * N, load(dkj + d * N) + ds * qd);
               }
               store(dvj + d * N, load(dvj + d * N) + p * gd);
               if (need_drq) store(drq + d * RS + x0, load(drq + d * RS + x0) + ds * qd);
-              if (need_drk) store(drk + d * RS + x0, load(drk + d * RS + x0) + ds * kj[d * Lp]);
+              if (need_drk) {
+                V t = ds * kj[d * Lp];  // 0 * an infinite k_j in padding lanes
+                if (masked) t = valid ? t : zero;
+                store(drk + d * RS + x0, load(drk + d * RS + x0) + t);
+              }
               if (need_drv) store(drv + d * RS + x0, load(drv + d * RS + x0) + p * gd);
             }
           }

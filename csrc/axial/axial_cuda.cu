@@ -45,11 +45,12 @@ __device__ __forceinline__ int64_t line_base(const Geometry& g, int64_t n, const
 template <typename acc>
 __device__ __forceinline__ acc logit(const acc* qv, const acc* kr, const acc* rq, const acc* rk, int64_t r, int64_t D,
                                      acc scale) {
+  // q . k + q . rel_q as separate products, not q . (k + rel_q): the IEEE rule of axial.h (for an
+  // infinite q_d the reference's inf * 2 + inf * -1 is NaN, inf * (2 - 1) would be inf).
   acc s = 0;
   for (int64_t d = 0; d < D; ++d) {
-    acc kd = kr[d];
-    if (rq != nullptr) kd += rq[r * D + d];
-    s += qv[d] * kd;
+    s += qv[d] * kr[d];
+    if (rq != nullptr) s += qv[d] * rq[r * D + d];
   }
   if (rk != nullptr) {
     acc t = 0;
@@ -102,7 +103,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ q, const scalar_t* _
     const acc corr = online_rescale(state, bm, j0 == 0);
     for (int64_t d = 0; d < D; ++d) o[d] *= corr;
     for (int64_t jj = 0; jj < nb; ++jj) {
-      const acc p = math_exp(s[jj] - state.m);
+      const acc p = block_prob(s[jj], state.m);
       state.l += p;
       const int64_t r = rel_index(i, j0 + jj, L);
       for (int64_t d = 0; d < D; ++d) o[d] += p * (vs[jj * D + d] + (rv != nullptr ? rv[r * D + d] : acc(0)));
@@ -159,7 +160,8 @@ __global__ void dq_kernel(const scalar_t* __restrict__ q, const scalar_t* __rest
       for (int64_t d = 0; d < D; ++d) dp += gv[d] * (vs[jj * D + d] + (rv != nullptr ? rv[r * D + d] : acc(0)));
       const acc ds = logit_grad(p, dp, delta_i);
       for (int64_t d = 0; d < D; ++d) {
-        dqv[d] += ds * (kr[d] + (rq != nullptr ? rq[r * D + d] : acc(0)));
+        dqv[d] += ds * kr[d];  // ds * k + ds * rel_q, two products (ds may be infinite; see logit)
+        if (rq != nullptr) dqv[d] += ds * rq[r * D + d];
         if (drq != nullptr) atomicAdd(drq + r * D + d, ds * qv[d]);
         if (drk != nullptr) atomicAdd(drk + r * D + d, scale * ds * kr[d]);
         if (drv != nullptr) atomicAdd(drv + r * D + d, p * gv[d]);
@@ -221,7 +223,8 @@ __global__ void dkdv_kernel(const scalar_t* __restrict__ q, const scalar_t* __re
       for (int64_t d = 0; d < D; ++d) dp += gr[d] * (vv[d] + (rv != nullptr ? rv[r * D + d] : acc(0)));
       const acc ds = logit_grad(p, dp, ds_delta[ii]);
       for (int64_t d = 0; d < D; ++d) {
-        dkv[d] += ds * (qr[d] + (rk != nullptr ? scale * rk[r * D + d] : acc(0)));
+        dkv[d] += ds * qr[d];  // ds * q + ds * rel_k, two products (see dq_kernel)
+        if (rk != nullptr) dkv[d] += ds * (scale * rk[r * D + d]);
         dvv[d] += p * gr[d];
       }
     }

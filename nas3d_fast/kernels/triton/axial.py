@@ -1,7 +1,7 @@
 """Triton kernels of 3D axial attention (flash-attention style, tl.dot tiles; sm_80+ GPUs, or CPU tensors
 under TRITON_INTERPRET=1 for testing).
 
-Same arithmetic as csrc/axial/axial.h. Forward: one program per (line, block of BLOCK_M queries), keys
+Same arithmetic as csrc/axial/axial.h, and its IEEE rule for infinite and NaN inputs. Forward: one program per (line, block of BLOCK_M queries), keys
 in blocks of BLOCK_N with the online softmax; the log-sum-exp is saved. Backward: delta = g . out in
 PyTorch, then one kernel for dq (and the relative-embedding gradients, by atomic adds) and one for dk, dv,
 both recomputing p from the log-sum-exp. Tiles are float32 (float64 for float64 inputs) with IEEE dots.
@@ -90,9 +90,13 @@ def _forward_kernel(
         v = _tile(v_ptr, vb, j, cols, L, D, sva, svc, FP64)
         s = _logits(q, k, i, j, cols, rq_ptr, rk_ptr, L, D, scale, HAS_RQ, HAS_RK, FP64)
         s = tl.where((j < L)[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=1))  # finite: every block holds a valid key
-        alpha = tl.exp(m - m_new)  # online_rescale of axial.h (0 on the first block)
-        p = tl.exp(s - m_new[:, None])
+        m_new = tl.maximum(m, tl.max(s, axis=1))  # -inf while every logit so far is -inf
+        # online_rescale / rescale_factor of axial.h: exactly 0 while the old max is -inf (0 on the first
+        # block), and block_prob: the logits less softmax_base(m_new), 0 for a max of -inf, so that a
+        # block of -inf logits contributes exact zeros instead of exp(-inf - -inf) = NaN.
+        alpha = tl.where(m == float("-inf"), 0.0, tl.exp(m - m_new))
+        base = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp(s - base[:, None])
         l = l * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
         if HAS_RV:
@@ -102,7 +106,7 @@ def _forward_kernel(
     ob = _line_base(n, H, S1, S2, D, sob, soc, so1, so2)
     mask = (i < L)[:, None] & (cols < D)[None, :]
     tl.store(out_ptr + ob + i[:, None] * soa + cols[None, :] * soc, out.to(out_ptr.dtype.element_ty), mask=mask)
-    tl.store(lse_ptr + n * L + i, m + tl.log(l), mask=i < L)
+    tl.store(lse_ptr + n * L + i, tl.where(m == float("-inf"), 0.0, m) + tl.log(l), mask=i < L)
 
 
 @triton.jit
