@@ -73,7 +73,7 @@ def bad_inputs(device):
         ("rank", {**good, "logits": logits[0]}, ValueError, "logits must have 2 dimensions"),
         ("int", {**good, "logits": logits.long()}, ValueError, "logits must have dtype"),
         ("no columns", {**good, "logits": logits[:, :0], "noise": noise[:, :0]}, ValueError, "at least one column"),
-        ("tau", {**good, "tau": 0.0}, ValueError, "tau must be a number > 0"),
+        ("tau", {**good, "tau": 0.0}, ValueError, "tau must be a number in \\[0.0001, 10000\\]"),
         ("k=3", {**good, "k": 3}, ValueError, "k must be 1 or 2"),
         ("k>K", {**good, "logits": logits[:, :1], "noise": noise[:, :1]}, ValueError, "k must be <= K"),
         ("hard k=2", {**good, "hard": True}, ValueError, "hard=True needs k=1"),
@@ -330,3 +330,59 @@ def test_scalar_log_path_equals_vectorised():
         assert torch.equal(idx, idx_v) and torch.equal(idx2, idx2_v), dtype
         torch.testing.assert_close(g, g_v, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(w2, w2_v, rtol=1e-5, atol=1e-6)
+
+
+# --- regressions of issue 27 ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tau", [1e30, 1e-300, 1e5, 1e-5, float("inf"), float("nan")])
+@pytest.mark.parametrize("backend", ["auto", "reference", "cpu", "triton"])
+def test_finding4_tau_outside_the_valid_range_is_refused(tau, backend):
+    """Issue 27 finding 4: the float16 reference broke down at tau = 1e30 and 1e-300 while the cpu kernel
+    stayed finite. tau must now lie in [1e-4, 1e4] on every backend (the eager fast path included)."""
+    if backend != "auto" and not nas3d_fast.backends()[backend].usable:
+        pytest.skip(nas3d_fast.backends()[backend].reason)
+    logits = torch.randn(5, 4, dtype=torch.float16)
+    with forced_backend(None if backend == "auto" else backend):
+        with pytest.raises(ValueError, match=r"tau must be a number in \[0.0001, 10000\]"):
+            gumbel_topk(logits, tau)
+        with pytest.raises(ValueError, match=r"tau must be a number in \[0.0001, 10000\]"):
+            gumbel_topk(logits, tau, noise=torch.rand(5, 4).clamp(0.01, 0.99).to(torch.float16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("tau", [1e-4, 1e-2, 1.0, 1e2, 1e4])
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_finding4_backends_agree_at_the_ends_of_the_range(dtype, tau, backend):
+    """Inside the range every backend computes in float32 (float64 for float64) and agrees with the
+    reference: same indices, weights to the dtype's rounding."""
+    if not nas3d_fast.backends()[backend].usable:
+        pytest.skip(nas3d_fast.backends()[backend].reason)
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(64, 8, generator=gen) * 4).to(dtype)
+    noise = torch.rand(64, 8, generator=gen).clamp(0.01, 0.99).to(dtype)
+    with forced_backend("reference"):
+        w_ref, i_ref = gumbel_topk(logits, tau, noise=noise)
+    with forced_backend(backend):
+        w, i = gumbel_topk(logits, tau, noise=noise)
+    assert torch.isfinite(w_ref).all() and torch.isfinite(w).all()
+    assert torch.equal(i, i_ref)
+    tol = (8 if dtype == torch.float32 else 2) * torch.finfo(dtype).eps  # a few float32 ulps, or one rounding
+    torch.testing.assert_close(w.float(), w_ref.float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("tau", [1e30, 1e-300, 9.9e-5, 1.01e4, float("nan")])
+def test_finding4_the_registered_ops_refuse_tau_outside_the_range_too(tau):
+    """The compiled ops (cpu and cuda share csrc/gumbel/gumbel_args.h) check the same range when called
+    directly through torch.ops, forward, sampling and backward alike."""
+    if not nas3d_fast.backends()["cpu"].usable:
+        pytest.skip(nas3d_fast.backends()["cpu"].reason)
+    logits = torch.randn(5, 4)
+    noise = torch.rand(5, 4).clamp(0.01, 0.99)
+    match = r"tau must be a number in \[0.0001, 10000\]"
+    with pytest.raises(ValueError, match=match):
+        torch.ops.nas3d.gumbel_topk(logits, noise, tau, 2, False)
+    with pytest.raises(ValueError, match=match):
+        torch.ops.nas3d.gumbel_topk_sample(logits, tau, 2, False, None)
+    with pytest.raises(ValueError, match=match):
+        torch.ops.nas3d.gumbel_topk_backward(torch.ones(5, 4), logits, noise, torch.ones(5, 4), tau, False)

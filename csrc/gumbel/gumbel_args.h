@@ -19,9 +19,18 @@ inline void check_logits(const at::Tensor& logits) {
                     logits.sizes());
 }
 
+// The temperatures every backend accepts (nas3d_fast.ops.gumbel.TAU_RANGE, checked there for every
+// backend; here again for direct torch.ops calls): tau and 1 / tau stay in float16's normal range.
+constexpr double kTauMin = 1e-4;
+constexpr double kTauMax = 1e4;
+
+inline void check_tau(double tau) {
+  TORCH_CHECK_VALUE(tau >= kTauMin && tau <= kTauMax, "tau must be a number in [0.0001, 10000], got ", tau);
+}
+
 inline void check_sampling_args(const at::Tensor& logits, double tau, int64_t k, bool hard) {
   check_logits(logits);
-  TORCH_CHECK_VALUE(tau > 0, "tau must be a number > 0, got ", tau);
+  check_tau(tau);
   TORCH_CHECK_VALUE(k == 1 || k == 2, "k must be 1 or 2, got ", k);
   TORCH_CHECK_VALUE(k <= logits.size(1), "k must be <= K = logits.shape[1] = ", logits.size(1), ", got ", k);
   TORCH_CHECK_VALUE(!hard || k == 1, "hard=True needs k=1 (straight-through one-hot), got k=", k);
@@ -47,7 +56,7 @@ inline void check_backward_args(const at::Tensor& grad, const at::Tensor& logits
   NAS3D_CHECK_SAME_DEVICE(logits, grad, "logits", "grad_weights");
   NAS3D_CHECK_SAME_DEVICE(logits, noise, "logits", "noise");
   NAS3D_CHECK_SAME_DEVICE(logits, weights, "logits", "weights");
-  TORCH_CHECK(tau > 0, "tau must be > 0, got ", tau);
+  check_tau(tau);
 }
 
 }  // namespace gumbel

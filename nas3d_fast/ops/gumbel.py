@@ -12,6 +12,14 @@ from ._checks import check_like, check_tensor, checking_values
 # less host time than a Triton launch from Python.
 CUDA_ORDER = ("cuda", "triton")
 
+# The temperatures every backend accepts (csrc/gumbel/gumbel_args.h checks the same range for direct
+# torch.ops calls). Both tau and 1 / tau, the scale of z = (l + g) / tau and of the gradient, stay inside
+# float16's normal range (6.1e-5 .. 65504), so each dtype represents them and every backend, computing in
+# float32 (float64 for float64), agrees with the reference. At tau = 1e30 or 1e-300 the float16 reference
+# broke down while the cpu kernel stayed finite (issue 27 finding 4); SCNAS anneals tau from ~1 to ~0.1.
+TAU_MIN, TAU_MAX = 1e-4, 1e4
+TAU_RANGE = (TAU_MIN, TAU_MAX)
+
 
 def gumbel_topk(
     logits: torch.Tensor,
@@ -32,7 +40,10 @@ def gumbel_topk(
         logits: (E, K) float16/bfloat16/float32/float64 architecture logits, one row per edge. Entries
             may be -inf (an op that is never chosen), but each row needs one finite entry; NaN and
             +inf are refused.
-        tau: temperature, > 0. Small tau sharpens y; the renormalised weights depend on tau.
+        tau: temperature, a number in [1e-4, 1e4] (TAU_RANGE; other values, NaN and inf raise a
+            ValueError on every backend): inside it tau and 1 / tau are normal float16 numbers, and every
+            backend computes in float32 (float64 for float64) and agrees with the reference. Small tau
+            sharpens y; the renormalised weights depend on tau.
         k: ops per edge, 1 or 2, at most K.
         hard: k = 1 only: weights are one-hot in the forward pass and carry the gradient of y
             (straight-through). With hard=False the gradient is the exact gradient of the weights
@@ -54,6 +65,7 @@ def gumbel_topk(
         and generator is None
         and type(logits) is torch.Tensor
         and type(tau) is float
+        and TAU_MIN <= tau <= TAU_MAX
         and type(k) is int
         and type(hard) is bool
         and _SAMPLE_PAIR is not None
@@ -68,8 +80,8 @@ def gumbel_topk(
         raise ValueError(f"logits must have at least one column (K >= 1), got shape {tuple(logits.shape)}")
     if isinstance(tau, torch.Tensor):
         tau = float(tau)
-    if not isinstance(tau, (int, float)) or not tau > 0:
-        raise ValueError(f"tau must be a number > 0, got {tau!r}")
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not TAU_MIN <= tau <= TAU_MAX:
+        raise ValueError(f"tau must be a number in [{TAU_MIN:g}, {TAU_MAX:g}], got {tau!r}")
     if k not in (1, 2) or isinstance(k, bool):
         raise ValueError(f"k must be 1 or 2, got {k!r}")
     if k > K:
