@@ -358,3 +358,84 @@ def test_cpu_results_do_not_depend_on_thread_count(op):
         torch.set_num_threads(threads)
     for a, b in zip(one, two):
         assert torch.equal(a, b)
+
+
+# --- regressions of issue 27 ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_finding3_max_pool_nan_gradient_goes_to_the_first_nan(backend, stride):
+    """Issue 27 finding 3: with two NaNs in a window the reference (torch.max_pool3d, which keeps the last
+    NaN) sent the gradient elsewhere than cpu and triton. One rule everywhere: the first tap in (dx, dy, dz)
+    order, NaN beating every number."""
+    if not nas3d_fast.backends()[backend].usable:
+        pytest.skip(nas3d_fast.backends()[backend].reason)
+    x = torch.zeros(1, 1, 3, 3, 3, dtype=torch.float64)
+    x[0, 0, 0, 1, 1] = x[0, 0, 2, 1, 1] = x[0, 0, 1, 2, 0] = x[0, 0, 1, 0, 1] = float("nan")
+    x.requires_grad_(True)
+    with forced_backend(backend):
+        out = ops.max_pool3(x, stride)
+    centre = (1, 1, 1) if stride == 1 else (0, 0, 0)
+    (got,) = torch.autograd.grad(out[(0, 0, *centre)], x)
+    want = torch.zeros_like(x)
+    # the first NaN in raster order of the window: [0, 2]^3 around (1, 1, 1), or [0, 1]^3 for output
+    # (0, 0, 0) at stride 2; torch.max_pool3d keeps the last NaN, (2, 1, 1) or (1, 0, 1)
+    want[0, 0, 0, 1, 1] = 1.0
+    assert torch.equal(got, want), got.nonzero().tolist()
+
+
+@pytest.mark.parametrize("op", ["max_pool3", "avg_pool3", "depthwise_conv3"])
+@pytest.mark.parametrize("empty", ["channels", "batch"])
+def test_finding5_reference_returns_empty_like_the_kernels(op, empty):
+    """Issue 27 finding 5: zero channels raised torch-internal errors on the reference, where cpu and triton
+    return empty tensors."""
+    shape = (1, 0, 4, 4, 4) if empty == "channels" else (0, 2, 4, 4, 4)
+    x = torch.randn(shape, requires_grad=True)
+    args = (torch.randn(shape[1], 1, 3, 3, 3),) if op == "depthwise_conv3" else ()
+    results = {}
+    for backend in ("reference", "cpu", "triton"):
+        if not nas3d_fast.backends()[backend].usable:
+            continue
+        with forced_backend(backend):
+            results[backend] = getattr(ops, op)(x, *args, 2)
+    for backend, got in results.items():
+        assert got.shape == (*shape[:2], 2, 2, 2), (backend, got.shape)
+        (g,) = torch.autograd.grad(got.sum(), x, allow_unused=True)
+        assert g is None or g.shape == x.shape
+
+
+@pytest.mark.parametrize("size,match", [("abc", "size must be 3 odd positive ints, got 'abc'"), (None, "size must be"),
+                                        ((3, 3), "size must be"), ((3, 3.5, 3), "size must be"),
+                                        ((3, "3", 3), "size must be")])
+def test_finding5_kernel_merge_size_errors_name_size(size, match):
+    """Issue 27 finding 5: size="abc" and size=None failed inside int() / iteration without naming size."""
+    with pytest.raises(ValueError, match=match):
+        ops.kernel_merge([torch.randn(2, 2, 3, 3, 3)], torch.ones(1), size=size)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_finding3_max_pool_routes_nan_inf_and_ties_like_the_reference(backend, stride):
+    """The one rule, on values built to collide: windows of equal numbers, ±inf next to NaN, windows of
+    -inf only at the border (the padding is never chosen): every backend sends each output's gradient
+    to the same element as the reference, and the outputs agree (NaN where the window holds one)."""
+    if not nas3d_fast.backends()[backend].usable:
+        pytest.skip(nas3d_fast.backends()[backend].reason)
+    gen = torch.Generator().manual_seed(27)
+    choices = torch.tensor([0.0, 1.0, float("inf"), -float("inf"), float("nan")], dtype=torch.float64)
+    for trial in range(6):
+        x = choices[torch.randint(0, 5, (1, 2, 5, 4, 3), generator=gen)]
+        if trial == 0:
+            x = torch.full_like(x, -float("inf"))
+        x.requires_grad_(True)
+        grad_out = torch.randn(1, 2, *((n - 1) // stride + 1 for n in x.shape[2:]), generator=gen, dtype=x.dtype)
+        results = []
+        for b in ("reference", backend):
+            with forced_backend(b):
+                out = ops.max_pool3(x, stride)
+            results.append((out.detach(), torch.autograd.grad(out, x, grad_out)[0]))
+        (want, want_grad), (got, got_grad) = results
+        torch.testing.assert_close(got, want, equal_nan=True, rtol=0, atol=0)
+        # an element chosen by several outputs sums their gradients, in another order per backend
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-12, atol=1e-12, msg=f"trial {trial}")

@@ -4,6 +4,7 @@ convolution. ``nas3d_fast.nn.MixedEdge3d`` builds on them; they are public for u
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -78,6 +79,25 @@ def weight_grads(grad: torch.Tensor, xs: Sequence[torch.Tensor]) -> torch.Tensor
     return torch.ops.nas3d.weighted_sum_backward(grad, list(xs))
 
 
+def _check_size(size) -> tuple[int, int, int]:
+    """kernel_merge's size as a tuple of 3 odd positive ints (a sequence of ints, torch.Size, or integer
+    scalars such as numpy ints; not a string, None, floats or bools)."""
+    bad = ValueError(f"size must be 3 odd positive ints, got {size!r}")
+    if isinstance(size, (str, bytes)) or not isinstance(size, Sequence):
+        raise bad
+    out = []
+    for s in size:
+        if isinstance(s, bool):
+            raise bad
+        try:
+            out.append(operator.index(s))
+        except TypeError:
+            raise bad from None
+    if len(out) != 3 or any(s < 1 or s % 2 == 0 for s in out):
+        raise bad
+    return tuple(out)
+
+
 def kernel_merge(
     kernels: Sequence[torch.Tensor], weights: torch.Tensor, size: Sequence[int] = (3, 3, 3)
 ) -> torch.Tensor:
@@ -86,7 +106,8 @@ def kernel_merge(
     Args:
         kernels: K >= 1 kernels (O, I, k0, k1, k2), the same O and I, every k odd and at most ``size``.
         weights: (K,) of the kernels' dtype and device.
-        size: the merged kernel's spatial size (3 odd ints).
+        size: the merged kernel's spatial size: a sequence of 3 odd positive ints (ValueError naming
+            ``size`` otherwise).
 
     Returns:
         (O, I, *size): one convolution with it equals the weighted sum of the K convolutions with
@@ -95,9 +116,7 @@ def kernel_merge(
     kernels = list(kernels)
     if not kernels:
         raise ValueError("kernels must hold at least one tensor")
-    size = tuple(int(s) for s in size)
-    if len(size) != 3 or any(s < 1 or s % 2 == 0 for s in size):
-        raise ValueError(f"size must be 3 odd positive ints, got {size}")
+    size = _check_size(size)
     first = kernels[0]
     check_tensor(first, "kernels[0]", dim=5)
     _check_same(kernels, "kernels", first, "kernels[0]", shape=False)

@@ -24,9 +24,33 @@ def kernel_merge(kernels: list[torch.Tensor], weights: torch.Tensor, size=(3, 3,
     return weighted_sum(padded, weights)
 
 
+def _windows(x: torch.Tensor, stride: int, value: float) -> torch.Tensor:
+    """(N, C, X', Y', Z', 27): the 3x3x3 windows of x padded by 1 with ``value``, taps in raster order
+    (dx slowest, dz fastest). A copy; autograd sums the overlapping windows' gradients back into x."""
+    padded = F.pad(x, [1] * 6, value=value)
+    win = padded.unfold(2, 3, stride).unfold(3, 3, stride).unfold(4, 3, stride)
+    return win.reshape(*win.shape[:5], 27)
+
+
 def max_pool3(x: torch.Tensor, stride: int = 1) -> torch.Tensor:
-    """3x3x3 max pooling, padding 1."""
-    return F.max_pool3d(x, 3, stride, 1)
+    """3x3x3 max pooling, padding 1 (padding never chosen), with the documented choice of the element
+    that gets the gradient: the first tap in raster (dx, dy, dz) order that holds the window's maximum,
+    where a NaN beats every number (the first NaN, if any). torch's max_pool3d keeps the last NaN."""
+    win = _windows(x, stride, float("-inf"))
+    inside = _windows(torch.ones_like(x, dtype=torch.bool), stride, False)
+    nan = win.isnan()
+    top = win.masked_fill(~inside, float("-inf")).amax(-1, keepdim=True)
+    first_max = ((win == top) & inside).to(torch.uint8).argmax(-1)  # argmax: the first of equal maxima
+    first_nan = nan.to(torch.uint8).argmax(-1)
+    tap = torch.where(nan.any(-1), first_nan, first_max)
+    return win.gather(-1, tap.unsqueeze(-1)).squeeze(-1)
+
+
+def _empty_pooled(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """The (empty) result for an x without elements (a zero batch or channel count, which torch's
+    pooling and grouped convolution refuse): x's strided slice has the output's shape, (n - 1) // stride
+    + 1, and keeps the result in x's autograd graph."""
+    return x[:, :, ::stride, ::stride, ::stride].clone(memory_format=torch.contiguous_format)
 
 
 def avg_pool3(x: torch.Tensor, stride: int = 1) -> torch.Tensor:
@@ -35,6 +59,8 @@ def avg_pool3(x: torch.Tensor, stride: int = 1) -> torch.Tensor:
     The zero padding is explicit: torch's avg_pool3d refuses sides shorter than the window even when
     padded. torch has no float16/bfloat16 avg_pool3d on CPU: there the sum runs in float32, rounded
     back once."""
+    if x.numel() == 0:
+        return _empty_pooled(x, stride)
     padded = F.pad(x, [1] * 6)
     if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
         return F.avg_pool3d(padded.float(), 3, stride).to(x.dtype)
@@ -43,4 +69,6 @@ def avg_pool3(x: torch.Tensor, stride: int = 1) -> torch.Tensor:
 
 def depthwise_conv3(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, dilation: int = 1) -> torch.Tensor:
     """Depthwise 3x3x3 convolution, weight (C, 1, 3, 3, 3), padding = dilation."""
+    if x.numel() == 0:  # the output size (n + 2r - 2r - 1) // stride + 1 does not depend on r
+        return _empty_pooled(x, stride) + weight.sum()
     return F.conv3d(x, weight, stride=stride, padding=dilation, dilation=dilation, groups=x.shape[1])
