@@ -252,3 +252,23 @@ def test_benchmark_suite_has_the_issue_ratio_keys():
     }
     for r in SUITE.ratios:
         SUITE.case(r.case), SUITE.case(r.baseline)  # both sides exist
+
+
+@pytest.mark.parametrize("padding_mode", ["reflect", "circular"])
+def test_finding5_padding_mode_needs_an_image_larger_than_the_padding(padding_mode):
+    """Issue 27 finding 5: reflect/circular padding of an image smaller than half the roi surfaced torch's
+    padding error without naming padding_mode or roi_size."""
+    x = _volume((1, 1, 4, 12, 12))
+    with pytest.raises(ValueError, match=rf"padding_mode={padding_mode!r}.*roi_size"):
+        sliding_window_inference(x, (16, 8, 8), 2, lambda t: t, padding_mode=padding_mode)
+
+
+@pytest.mark.parametrize("padding_mode,largest", [("reflect", 10), ("circular", 12)])
+def test_finding5_padding_mode_accepts_rois_up_to_the_limit(padding_mode, largest):
+    """The refusal starts exactly where torch's padding would fail: on a side of 4, reflect pads up to 3
+    per side (roi 10), circular up to 4 (roi 12); one more is refused, naming the limit."""
+    x = _volume((1, 1, 4, 12, 12))
+    out = sliding_window_inference(x, (largest, 8, 8), 2, lambda t: t, padding_mode=padding_mode)
+    torch.testing.assert_close(out, x)
+    with pytest.raises(ValueError, match=rf"padding_mode={padding_mode!r}.*roi_size.*at most {largest}"):
+        sliding_window_inference(x, (largest + 1, 8, 8), 2, lambda t: t, padding_mode=padding_mode)

@@ -24,6 +24,28 @@ from . import heap
 OUTPUTS = ("raw", "probs", "labels")
 
 
+def _check_padding(padding_mode: str, grid, image_size) -> None:
+    """torch pads by reflection only less than a side (a pad p reflects p elements after the edge one)
+    and circularly at most a side: refuse a roi_size that needs more, naming both arguments."""
+    if padding_mode not in ("reflect", "circular"):
+        return
+    n = len(image_size)
+    roi = grid.roi[3 - n:]
+    for d in range(n):
+        before, after = grid.pad[2 * (n - 1 - d)], grid.pad[2 * (n - 1 - d) + 1]
+        side = int(image_size[d])
+        too_much = max(before, after) >= side if padding_mode == "reflect" else max(before, after) > side
+        if too_much:
+            limit = "less than" if padding_mode == "reflect" else "at most"
+            raise ValueError(
+                f"padding_mode={padding_mode!r} pads each side by {limit} the image's side, but roi_size "
+                f"{tuple(roi)} on an image of spatial size {tuple(int(s) for s in image_size)} pads spatial "
+                f"axis {d} (side {side}) by ({before}, {after}): use a roi_size of at most "
+                f"{3 * side - 2 if padding_mode == 'reflect' else 3 * side} there, or padding_mode "
+                f"'constant' or 'replicate'"
+            )
+
+
 def sliding_window_inference(
     inputs: torch.Tensor,
     roi_size: Sequence[int] | int,
@@ -64,6 +86,8 @@ def sliding_window_inference(
         mode: "constant" (equal weights) or "gaussian" (less weight near the window edges).
         sigma_scale: Gaussian sigma as a fraction of the roi, scalar or one per axis.
         padding_mode: "constant", "reflect", "replicate" or "circular" (torch.nn.functional.pad modes).
+            "reflect" needs every pad less than the image's side (a roi_size of at most 3 * side - 2),
+            "circular" at most the side (3 * side); larger rois are refused with a ValueError.
         cval: fill value of constant padding.
         sw_device: device of the windows given to the predictor (default: inputs' device).
         device: device of the stitched output (default: inputs' device).
@@ -120,6 +144,7 @@ def sliding_window_inference(
 
     B, C, *image_size = inputs.shape
     grid = make_grid(image_size, roi_size, overlap)
+    _check_padding(padding_mode, grid, image_size)
     device = torch.device(device) if device is not None else inputs.device
     sw_device = torch.device(sw_device) if sw_device is not None else inputs.device
     if accumulate_dtype is not None and (
