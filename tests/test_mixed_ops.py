@@ -329,6 +329,44 @@ def test_max_pool_propagates_nan(backend):
     torch.testing.assert_close(out, reference.max_pool3(x, 1), equal_nan=True)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu", "cuda", "triton"])
+def test_depthwise_conv_skips_out_of_volume_taps(backend):
+    """A non-finite weight reaches only the outputs whose tap reads inside the volume (the documented
+    rule, issue 27): F.conv3d's zero padding would give 0 * inf = NaN at the border outputs. Channel 0's
+    tap dx=0 (reading x at ox - r) is +inf, channel 1's tap dx=2 (reading ox + r) is NaN."""
+    if not nas3d_fast.backends()[backend].usable:
+        pytest.skip(nas3d_fast.backends()[backend].reason)
+    device = "cuda" if backend in ("cuda", "triton") and torch.cuda.is_available() else "cpu"
+    r, X = 2, 5
+    g = _gen(3)
+    x = torch.randn(1, 2, X, 4, 6, generator=g, dtype=torch.float64)
+    w = torch.randn(2, 1, 3, 3, 3, generator=g, dtype=torch.float64)
+    cot = torch.randn(1, 2, X, 4, 6, generator=g, dtype=torch.float64)
+    w_finite = w.clone()
+    w_finite[0, 0, 0, 1, 1] = w_finite[1, 0, 2, 1, 1] = 0.0
+    w[0, 0, 0, 1, 1], w[1, 0, 2, 1, 1] = float("inf"), float("nan")
+
+    # By hand: the convolution without the two taps, plus each tap where it reads inside the volume.
+    xl = x.clone().requires_grad_(True)
+    want = torch.nn.functional.conv3d(xl, w_finite, padding=r, dilation=r, groups=2)
+    extra = torch.zeros_like(want)
+    extra[:, 0, r:] = float("inf") * xl[:, 0, : X - r]
+    extra[:, 1, : X - r] = float("nan") * xl[:, 1, r:]
+    want = want + extra
+    (want_dx,) = torch.autograd.grad(want, xl, cot)
+    wl = w_finite.clone().requires_grad_(True)  # the weight gradient does not depend on the weights
+    (want_dw,) = torch.autograd.grad(torch.nn.functional.conv3d(x, wl, padding=r, dilation=r, groups=2), wl, cot)
+    assert want[:, 0, :r].isfinite().all() and want[:, 1, X - r :].isfinite().all()
+
+    xd, wd = _leaf(x, torch.float64, device), _leaf(w, torch.float64, device)
+    with forced_backend(backend):
+        out = ops.depthwise_conv3(xd, wd, 1, r)
+        dx, dw = torch.autograd.grad(out, (xd, wd), cot.to(device))
+    torch.testing.assert_close(out.cpu(), want.detach(), equal_nan=True)
+    torch.testing.assert_close(dx.cpu(), want_dx, equal_nan=True)
+    torch.testing.assert_close(dw.cpu(), want_dw, equal_nan=True)
+
+
 @pytest.mark.parametrize("op", ["max_pool3", "depthwise_conv3", "weighted_sum"])
 def test_cpu_results_do_not_depend_on_thread_count(op):
     """Deterministic reductions: the same bits with 1 thread and with 2."""

@@ -186,7 +186,11 @@ def avg_pool3(x: torch.Tensor, stride: int = 1) -> torch.Tensor:
 def depthwise_conv3(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, dilation: int = 1) -> torch.Tensor:
     """Depthwise 3x3x3 convolution with dilation r and padding r (the first half of the dilated
     depthwise-separable candidates): ``F.conv3d(x, weight, stride=stride, padding=r, dilation=r,
-    groups=C)``.
+    groups=C)``, except that a tap falling outside the volume is skipped instead of multiplied by the
+    zero padding. The two agree for finite weights; a non-finite weight (inf, NaN) reaches only the
+    outputs whose tap reads inside the volume, where F.conv3d gives NaN (0 * inf) at every output whose
+    tap reads the padding. Every backend (reference, cpu, cuda, triton) follows this rule, forward and
+    backward.
 
     Args:
         x: (N, C, X, Y, Z) floating. weight: (C, 1, 3, 3, 3), x's dtype and device.

@@ -68,7 +68,33 @@ def avg_pool3(x: torch.Tensor, stride: int = 1) -> torch.Tensor:
 
 
 def depthwise_conv3(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, dilation: int = 1) -> torch.Tensor:
-    """Depthwise 3x3x3 convolution, weight (C, 1, 3, 3, 3), padding = dilation."""
+    """Depthwise 3x3x3 convolution, weight (C, 1, 3, 3, 3), padding = dilation, where a tap that falls
+    outside the volume is skipped (contributes nothing), as in every kernel. With finite weights that is
+    F.conv3d with zero padding (0 * w = 0); with a non-finite weight F.conv3d would give 0 * inf = NaN at
+    every output whose tap reads the padding, so those weights take the explicit sum over the taps
+    inside the volume (slower, but only then)."""
     if x.numel() == 0:  # the output size (n + 2r - 2r - 1) // stride + 1 does not depend on r
         return _empty_pooled(x, stride) + weight.sum()
-    return F.conv3d(x, weight, stride=stride, padding=dilation, dilation=dilation, groups=x.shape[1])
+    if weight.device.type == "meta" or bool(weight.isfinite().all()):
+        return F.conv3d(x, weight, stride=stride, padding=dilation, dilation=dilation, groups=x.shape[1])
+    return _depthwise_conv3_in_volume(x, weight, stride, dilation)
+
+
+def _depthwise_conv3_in_volume(x: torch.Tensor, weight: torch.Tensor, stride: int, r: int) -> torch.Tensor:
+    """sum over the taps d whose input o * stride + (d - 1) * r lies inside the volume of w[c, d] * x[...]:
+    the windows of x padded by r (taps 0, r, 2r of each 2r + 1 wide window), each product masked out
+    where its tap reads the padding (after the multiplication, so that 0 * inf never enters the sum; the
+    NaN that autograd sends back there lands in the padding, which F.pad's backward drops). float16 and
+    bfloat16 in float32, rounded once, as the kernels accumulate."""
+    work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    k = 2 * r + 1
+
+    def windows(t, value):
+        t = F.pad(t, [r] * 6, value=value)
+        return t.unfold(2, k, stride).unfold(3, k, stride).unfold(4, k, stride)[..., ::r, ::r, ::r]
+
+    win = windows(work, 0.0)  # (N, C, OX, OY, OZ, 3, 3, 3)
+    inside = windows(torch.ones_like(work, dtype=torch.bool), False)
+    w = weight.to(work.dtype).reshape(1, x.shape[1], 1, 1, 1, 3, 3, 3)
+    terms = torch.where(inside, win * w, torch.zeros((), dtype=work.dtype, device=work.device))
+    return terms.sum((-3, -2, -1)).to(x.dtype)
