@@ -274,6 +274,11 @@ class SupernetSearch:
         """The subclass's settings: recorded in the checkpoint and compared on resume."""
         return {}
 
+    def finish_extra(self, arch: Arch) -> dict:
+        """Further summary.json entries for the result ``arch``; called on every rank, and the subclass
+        writes its own result files (on the main rank only: ``self.group.is_main``)."""
+        return {}
+
     # -- the state -----------------------------------------------------------------------------------
 
     def derive(self) -> Arch:
@@ -336,6 +341,10 @@ class SupernetSearch:
         self.recent_step_seconds = [float(v) for v in state["recent_step_seconds"]]
         self.stopped_by_time = bool(state["stopped_by_time"])
         ck.set_rng_state(state["rng"])
+        self.load_extra(state)
+
+    def load_extra(self, state: dict) -> None:
+        """Restore what the subclass added to :meth:`state_dict` (called at the end of :meth:`load`)."""
 
     # -- one step ------------------------------------------------------------------------------------
 
@@ -497,6 +506,7 @@ class SupernetSearch:
         except (ValueError, RuntimeError, NotImplementedError):
             pass  # a space whose cost cannot be counted: the summary says null
         summary["processes"] = self.group.world
+        summary.update(self.finish_extra(arch))
         if self.group.is_main:
             from .report import write_report
 

@@ -50,6 +50,13 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--ram-cost-factor", type=float, default=0.8,
                    help="target memory of the found network as a fraction of the supernet's (MONAI: 0.8)")
     s.add_argument("--sample-ops", action="store_true", help="two ops per edge by gumbel_topk instead of all")
+    s.add_argument("--memory-model", choices=("analytic", "predicted"), default="analytic",
+                   help="the memory term's usage: MONAI's formula, or fitted to the package's predicted training "
+                        "peak of sampled networks (beyond MONAI)")
+    s.add_argument("--memory-budget", type=float, metavar="MIB",
+                   help="with --memory-model predicted: the found network's training peak to aim at, in MiB "
+                        "(instead of --ram-cost-factor)")
+    s.add_argument("--memory-samples", type=int, default=24, help="networks predicted for the fit (default 24)")
     add_data_arguments(p)
     c = p.add_argument_group("checkpoints")
     c.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
@@ -84,7 +91,8 @@ def run_search(args) -> int:
                        "tau_schedule": args.tau_schedule}
         else:
             options = {"warmup_epochs": args.warmup_epochs, "ram_cost_factor": args.ram_cost_factor,
-                       "sample_ops": args.sample_ops}
+                       "sample_ops": args.sample_ops, "memory_model": args.memory_model,
+                       "memory_budget_mib": args.memory_budget, "memory_samples": args.memory_samples}
         summary = search(
             args.space,
             args.searcher,

@@ -12,16 +12,23 @@ weight step and an architecture step with the loss
 
 with ``ramp`` rising linearly from 0 after the warm-up to 1 at the last epoch, ``usage / full`` MONAI's
 analytic memory estimate of the expected network over the whole supernet (``get_ram_cost_usage``), and
-``topology`` MONAI's topology entropy (``get_topology_entropy``). The terms are computed in float32
+``topology`` MONAI's topology entropy (``get_topology_entropy``). With ``memory_model="predicted"``
+``usage`` is instead the package's predicted training peak of the expected network
+(``nas3d_fast.search.memory_model``, fitted once at the first architecture step and kept in the
+checkpoint), and ``memory_budget_mib`` may replace ``ram_cost_factor`` by an absolute target: the term
+is then |budget - usage| / full. search.csv logs ``usage_mib`` either way (MONAI's estimate or the
+prediction). The terms are computed in float32
 outside autocast, so the objective is the same with and without mixed precision (MONAI's tutorial
 computes them differently on its two branches). One Adam optimises ``a`` and ``c`` (MONAI's two Adams
 with equal settings are the same update: Adam's state is per parameter). The result is ``space.derive``
-of the logits, i.e. ``decode_logits(a, c)``.
+of the logits, i.e. ``decode_logits(a, c)``, also written as MONAI's search codes
+(``RUN/arch_monai.pth``, ``DintsSpace.export_monai``) for MONAI's DiNTS and Auto3DSeg's dints template.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 import torch
@@ -30,6 +37,9 @@ import torch.nn.functional as F
 from ..ops import gumbel_topk
 from .base import SupernetSearch
 from .gumbel import uniform_noise
+from .memory_model import PredictedMemory, calibrate
+
+MEMORY_MODELS = ("analytic", "predicted")
 
 # MONAI's per-output-voxel RAM costs (monai.networks.nets.dints: *WithRAMCost), for equal in/out channels
 _OP_RAM = {"identity": 0.0, "conv3x3x3": 3.0}
@@ -112,13 +122,19 @@ class DintsCosts:
 class DiNTSSearch(SupernetSearch):
     """MONAI's DiNTS search (module docstring). Options: ``warmup_epochs`` (weights only; default half the
     epochs), ``ram_cost_factor`` (0.8: the target fraction of the whole supernet's memory), ``sample_ops``
-    (False: dense ops; True: two ops per edge by ``gumbel_topk``), ``momentum`` (0.9)."""
+    (False: dense ops; True: two ops per edge by ``gumbel_topk``), ``momentum`` (0.9), ``memory_model``
+    ("analytic": MONAI's formula; "predicted": fitted to ``predict_training_memory``), ``memory_samples``
+    (24 architectures for that fit), ``memory_budget_mib`` (with "predicted": an absolute target in MiB
+    instead of ``ram_cost_factor``), ``memory_target`` ("cuda" or "cpu": the allocator predicted; default
+    the search's device type)."""
 
     name = "dints"
-    term_names = ("entropy_a", "entropy_c", "ramp", "memory_term", "usage_fraction", "topology")
+    term_names = ("entropy_a", "entropy_c", "ramp", "memory_term", "usage_fraction", "usage_mib", "topology")
 
     def __init__(self, space, config, *args, warmup_epochs: int | None = None, ram_cost_factor: float = 0.8,
-                 sample_ops: bool = False, momentum: float = 0.9, **kwargs):
+                 sample_ops: bool = False, momentum: float = 0.9, memory_model: str = "analytic",
+                 memory_samples: int = 24, memory_budget_mib: float | None = None, memory_target: str | None = None,
+                 **kwargs):
         if space.name != "dints":
             raise ValueError(f"the dints searcher searches the dints space, got space {space.name!r}; use gumbel")
         warmup = config.epochs // 2 if warmup_epochs is None else warmup_epochs
@@ -128,15 +144,50 @@ class DiNTSSearch(SupernetSearch):
             raise ValueError(f"ram_cost_factor must be in [0, 1], got {ram_cost_factor!r}")
         if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        if memory_model not in MEMORY_MODELS:
+            raise ValueError(f"memory_model must be one of {MEMORY_MODELS}, got {memory_model!r}")
+        if memory_budget_mib is not None:
+            if memory_model != "predicted":
+                raise ValueError("memory_budget_mib needs memory_model='predicted' (MONAI's formula is not in MiB "
+                                 "of a training step); use ram_cost_factor with the analytic model")
+            if not (isinstance(memory_budget_mib, (int, float)) and not isinstance(memory_budget_mib, bool)
+                    and np.isfinite(memory_budget_mib) and memory_budget_mib > 0):
+                raise ValueError(f"memory_budget_mib must be a positive number of MiB, got {memory_budget_mib!r}")
+        if memory_target not in (None, "cuda", "cpu"):
+            raise ValueError(f"memory_target must be 'cuda', 'cpu' or None, got {memory_target!r}")
+        if not isinstance(memory_samples, int) or isinstance(memory_samples, bool) or memory_samples < 8:
+            raise ValueError(f"memory_samples must be an int >= 8, got {memory_samples!r}")
         self.warmup_epochs, self.ram_cost_factor = warmup, float(ram_cost_factor)
         self.sample_ops, self.momentum = bool(sample_ops), float(momentum)
+        self.memory_model, self.memory_samples = memory_model, memory_samples
+        self.memory_budget_mib = None if memory_budget_mib is None else float(memory_budget_mib)
         self.costs = DintsCosts(space)
         super().__init__(space, config, *args, **kwargs)
+        self.memory_target = memory_target or self.device.type
+        self.memory: PredictedMemory | None = None  # fitted at the first architecture step
         self._input_shape = None
 
     def options(self) -> dict:
         return {"warmup_epochs": self.warmup_epochs, "ram_cost_factor": self.ram_cost_factor,
-                "sample_ops": self.sample_ops, "momentum": self.momentum}
+                "sample_ops": self.sample_ops, "momentum": self.momentum, "memory_model": self.memory_model,
+                "memory_samples": self.memory_samples, "memory_budget_mib": self.memory_budget_mib,
+                "memory_target": self.memory_target}
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["memory"] = None if self.memory is None else self.memory.state_dict()
+        return state
+
+    def load_extra(self, state: dict) -> None:
+        saved = state.get("memory")
+        self.memory = None if saved is None else PredictedMemory.from_state(saved)
+
+    def _fit_memory(self) -> PredictedMemory:
+        from ..train.losses import make_loss
+
+        return calibrate(self.space, self.supernet, self._input_shape, num_classes=self.meta["num_classes"],
+                         loss=make_loss(self.config.loss), target=self.memory_target, samples=self.memory_samples,
+                         seed=self.config.seed, progress=self.config.progress and self.group.is_main)
 
     def init_logits(self) -> torch.nn.ParameterDict:
         lay = self.space.layout
@@ -185,10 +236,37 @@ class DiNTSSearch(SupernetSearch):
         entropy_a = -(probs * torch.log(probs + 1e-5)).mean()
         entropy_c = -(F.softmax(c, -1) * F.log_softmax(c, -1)).mean()
         topology = self.costs.topology(probs)
-        usage = self.costs.usage(a, c, self._input_shape) / self.costs.usage(a, c, self._input_shape, full=True)
-        memory = (self.ram_cost_factor - usage).abs()
+        if self.memory_model == "predicted":
+            if self.memory is None:
+                self.memory = self._fit_memory()
+            cell = F.softmax(c, -1)
+            usage_bytes = self.memory.expected(self.costs.path_probs(a), cell)
+            full = self.memory.expected(self.costs.path_probs(a), cell, full=True)
+            target = full * self.ram_cost_factor if self.memory_budget_mib is None else self.memory_budget_mib * 2**20
+            memory = (target - usage_bytes).abs() / full
+            usage, usage_mib = usage_bytes / full, usage_bytes / 2**20
+        else:
+            usage_mib = self.costs.usage(a, c, self._input_shape)
+            usage = usage_mib / self.costs.usage(a, c, self._input_shape, full=True)
+            memory = (self.ram_cost_factor - usage).abs()
         ramp = min(1.0, max(0.0, self._ramp(step)))
         total = seg_loss + ramp * (entropy_a + entropy_c) + memory + 0.001 * topology
         terms = {"entropy_a": entropy_a, "entropy_c": entropy_c, "ramp": ramp, "memory_term": memory,
-                 "usage_fraction": usage, "topology": topology}
+                 "usage_fraction": usage, "usage_mib": usage_mib, "topology": topology}
         return total, terms
+
+    def finish_extra(self, arch) -> dict:
+        """MONAI's search codes of the result (``arch_monai.pth``) and, with the predicted model, the fit and
+        the result's modelled training peak."""
+        path = os.path.join(self.out_dir, "arch_monai.pth")
+        if self.group.is_main:
+            epochs = self.step // self.config.steps_per_epoch
+            self.space.export_monai(arch, path, self.arch_logits(), iter_num=self.step, epochs=epochs)
+        extra = {"monai_codes": path, "memory_model": {"kind": self.memory_model}}
+        if self.memory is not None:
+            extra["memory_model"].update(
+                target=self.memory_target, fit=self.memory.fit_stats,
+                arch_peak_mib_modelled=self.memory.predict(arch.edges) / 2**20,
+                budget_mib=self.memory_budget_mib,
+            )
+        return extra
