@@ -90,6 +90,7 @@ def cmd_infer(args) -> int:
             tta=args.tta,
             device=args.device,
             progress=not args.quiet,
+            trust_pickle=args.trust_pickle,
         )
     except (ValueError, OSError) as exc:
         print(f"nas3d infer: error: {exc}", file=sys.stderr)
@@ -103,7 +104,8 @@ def _add_infer(sub) -> None:
     infer = sub.add_parser(
         "infer",
         help="label maps for NIfTI images (sliding-window inference)",
-        description="Predict label maps for NIfTI images with a checkpoint: NAME.pt (a torch.save'd module) "
+        description="Predict label maps for NIfTI images with a checkpoint: NAME.pt (nas3d train's best.pt: "
+        "the space, architecture and weights as plain data, loaded without running code from the file) "
         "and NAME.json beside it (preprocessing and window settings; see nas3d_fast/inference/checkpoint.py). "
         "Label maps keep the input's affine and header.",
     )
@@ -114,6 +116,9 @@ def _add_infer(sub) -> None:
     infer.add_argument("--overlap", type=float, help="window overlap in [0, 1) (default: checkpoint's)")
     infer.add_argument("--tta", action="store_true", help="average over mirrored inputs (the checkpoint's tta_flips)")
     infer.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    infer.add_argument("--trust-pickle", action="store_true",
+                       help="also read a whole pickled module (torch.save(model)), a network from outside the "
+                            "package; unpickling runs code from the file: only for files you trust")
     infer.add_argument("--quiet", action="store_true", help="no progress bars")
     infer.set_defaults(func=cmd_infer)
 

@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from . import data as nd
     from .inference import sliding_window_inference
+    from .inference.checkpoint import load_model
     from .train.checkpoint import atomic_json, load_training_checkpoint
     from .train.metrics import dice_per_class, nsd_per_class
     from .train.run import DataSettings, train
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = load_training_checkpoint(os.path.join(run_dir, "checkpoint.pt"))["meta"]
     pre = nd.Preprocessing.from_dict(meta["preprocessing"])  # as in training
     prepared = nd.preprocess_case(image, affine, None, pre)
-    model = torch.load(os.path.join(run_dir, "best.pt"), weights_only=False).eval()
+    model = load_model(os.path.join(run_dir, "best.pt"), torch.device("cpu"))
     with torch.no_grad():
         labels = sliding_window_inference(
             torch.from_numpy(prepared.image)[None],

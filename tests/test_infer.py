@@ -17,6 +17,7 @@ AFFINE = np.array([[0.8, 0.0, 0.1, -90.0], [0.0, 1.2, 0.0, 12.5], [0.05, 0.0, 2.
 
 
 def _checkpoint(tmp_path, model=None, **settings):
+    """A network from outside the package: a whole pickled module (read with --trust-pickle)."""
     torch.manual_seed(0)
     model = model if model is not None else torch.nn.Conv3d(1, 3, 3, padding=1)
     path = tmp_path / "model.pt"
@@ -44,7 +45,7 @@ def test_infer_writes_labels_with_the_input_affine(tmp_path, capsys):
     model_path, model = _checkpoint(tmp_path)
     data = _image(tmp_path / "case.nii.gz")
     out = tmp_path / "out" / "case_seg.nii.gz"
-    assert cli.main(["infer", "--model", model_path, "--input", str(tmp_path / "case.nii.gz"), "--output", str(out), "--quiet"]) == 0
+    assert cli.main(["infer", "--model", model_path, "--trust-pickle", "--input", str(tmp_path / "case.nii.gz"), "--output", str(out), "--quiet"]) == 0
     assert "wrote" in capsys.readouterr().out
     seg = nib.load(str(out))
     np.testing.assert_array_equal(seg.affine, nib.load(str(tmp_path / "case.nii.gz")).affine)
@@ -64,7 +65,7 @@ def test_infer_folder_with_tta_and_overrides(tmp_path):
     _image(tmp_path / "images" / "a.nii.gz", seed=1)
     _image(tmp_path / "images" / "b.nii", shape=(7, 12, 10), seed=2)
     (tmp_path / "images" / "notes.txt").write_text("not an image")
-    code = cli.main(["infer", "--model", model_path, "--input", str(tmp_path / "images"), "--output",
+    code = cli.main(["infer", "--model", model_path, "--trust-pickle", "--input", str(tmp_path / "images"), "--output",
                      str(tmp_path / "seg"), "--roi", "6", "6", "6", "--overlap", "0.25", "--tta", "--quiet"])
     assert code == 0
     assert _files(tmp_path / "seg") == ["a.nii.gz", "b.nii"]
@@ -85,11 +86,11 @@ def test_non_nifti_input_is_refused_without_output(tmp_path, capsys):
     fake = tmp_path / "scan.nii.gz"
     fake.write_bytes(b"this is not a nifti file at all")
     (tmp_path / "out").mkdir()
-    _run_fails(capsys, ["--model", model_path, "--input", str(fake), "--output", str(tmp_path / "out" / "s.nii.gz")],
+    _run_fails(capsys, ["--model", model_path, "--trust-pickle", "--input", str(fake), "--output", str(tmp_path / "out" / "s.nii.gz")],
                "is not a readable NIfTI file")
     text = tmp_path / "scan.txt"
     text.write_text("hello")
-    _run_fails(capsys, ["--model", model_path, "--input", str(text), "--output", str(tmp_path / "out" / "s.nii.gz")],
+    _run_fails(capsys, ["--model", model_path, "--trust-pickle", "--input", str(text), "--output", str(tmp_path / "out" / "s.nii.gz")],
                "is not a NIfTI file")
     assert _files(tmp_path / "out") == []
 
@@ -98,7 +99,7 @@ def test_wrong_spatial_size_from_the_model_leaves_no_output(tmp_path, capsys):
     model_path, _ = _checkpoint(tmp_path, model=torch.nn.Conv3d(1, 3, 3))  # no padding: 8^3 -> 6^3
     _image(tmp_path / "case.nii.gz")
     (tmp_path / "out").mkdir()
-    _run_fails(capsys, ["--model", model_path, "--input", str(tmp_path / "case.nii.gz"), "--output",
+    _run_fails(capsys, ["--model", model_path, "--trust-pickle", "--input", str(tmp_path / "case.nii.gz"), "--output",
                         str(tmp_path / "out" / "seg.nii.gz")], "predictor must return shape")
     assert _files(tmp_path / "out") == []
 
@@ -107,14 +108,14 @@ def test_mismatched_settings_are_clear_errors(tmp_path, capsys):
     model_path, _ = _checkpoint(tmp_path, in_channels=2)
     _image(tmp_path / "case.nii.gz")
     out = str(tmp_path / "seg.nii.gz")
-    _run_fails(capsys, ["--model", model_path, "--input", str(tmp_path / "case.nii.gz"), "--output", out],
+    _run_fails(capsys, ["--model", model_path, "--trust-pickle", "--input", str(tmp_path / "case.nii.gz"), "--output", out],
                "expects in_channels=2")
     model_path, _ = _checkpoint(tmp_path, roi_size=[8, 8])
-    _run_fails(capsys, ["--model", model_path, "--input", str(tmp_path / "case.nii.gz"), "--output", out],
+    _run_fails(capsys, ["--model", model_path, "--trust-pickle", "--input", str(tmp_path / "case.nii.gz"), "--output", out],
                "roi_size must have one entry per spatial axis")
     _run_fails(capsys, ["--model", str(tmp_path / "missing.pt"), "--input", str(tmp_path / "case.nii.gz"), "--output", out],
                "is not a file")
-    _run_fails(capsys, ["--model", model_path, "--input", str(tmp_path / "case.nii.gz"), "--output", str(tmp_path / "seg.png")],
+    _run_fails(capsys, ["--model", model_path, "--trust-pickle", "--input", str(tmp_path / "case.nii.gz"), "--output", str(tmp_path / "seg.png")],
                "must be a folder or a name ending in")
     assert not os.path.exists(out)
 
@@ -145,15 +146,15 @@ def test_output_that_resolves_to_an_input_is_refused_and_the_input_kept(tmp_path
         (same_file, str(images)),  # a file into its own folder under its own name
     ]
     for src, dst in cases:
-        _run_fails(capsys, ["--model", model_path, "--input", src, "--output", dst], "never writes over its inputs")
+        _run_fails(capsys, ["--model", model_path, "--trust-pickle", "--input", src, "--output", dst], "never writes over its inputs")
     assert {n: _digest(images / n) for n in _files(images)} == before
     # another folder is fine; a hard link to an input is the input
-    assert cli.main(["infer", "--model", model_path, "--input", str(images), "--output", str(tmp_path / "other"),
+    assert cli.main(["infer", "--model", model_path, "--trust-pickle", "--input", str(images), "--output", str(tmp_path / "other"),
                      "--quiet"]) == 0
     assert _files(tmp_path / "other") == ["a.nii.gz", "b.nii.gz"]
     hard = tmp_path / "hard.nii.gz"
     os.link(images / "b.nii.gz", hard)
-    _run_fails(capsys, ["--model", model_path, "--input", str(images / "b.nii.gz"), "--output", str(hard)],
+    _run_fails(capsys, ["--model", model_path, "--trust-pickle", "--input", str(images / "b.nii.gz"), "--output", str(hard)],
                "never writes over its inputs")
     assert {n: _digest(images / n) for n in _files(images)} == before
 
@@ -188,3 +189,80 @@ def test_label_map_header_has_no_display_window_of_the_image(tmp_path):
     seg = nib.load(str(tmp_path / "seg.nii.gz"))
     assert seg.header["cal_min"] == 0 and seg.header["cal_max"] == 0
     np.testing.assert_array_equal(np.asarray(seg.dataobj), 1)
+
+
+# --- safe checkpoints (issue 24 item 4) ------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling it would create the marker file: a stand-in for code hidden in a checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _trained_checkpoint(tmp_path):
+    from nas3d_fast.inference.checkpoint import InferSettings, build_network
+    from nas3d_fast.train.checkpoint import write_inference_checkpoint
+
+    meta = {"space": "ronasmis", "space_options": {"base_channels": 2, "depth": 2, "layers_per_stage": 1},
+            "arch": {"format": "nas3d-arch-1", "space": "ronasmis",
+                     "arch": {"ops": ["conv3x3x3", "conv3x3x3", "conv3x3x3"], "skips": [0, 0, 0]}},
+            "in_channels": 1, "num_classes": 2}
+    torch.manual_seed(0)
+    model = build_network(meta).eval()
+    path = str(tmp_path / "best.pt")
+    write_inference_checkpoint(model, InferSettings(roi_size=(8, 8, 8), sw_batch_size=2), path, meta)
+    return path, model, meta
+
+
+def test_a_plain_data_checkpoint_loads_with_weights_only_and_rebuilds_the_network(tmp_path):
+    from nas3d_fast.inference.checkpoint import load_model
+
+    path, model, _ = _trained_checkpoint(tmp_path)
+    torch.load(path, weights_only=True)  # plain data: torch's safe loader reads it
+    loaded = load_model(path, torch.device("cpu"))
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_a_checkpoint_carrying_a_pickle_payload_is_refused_and_the_payload_never_runs(tmp_path, capsys):
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "best.pt"
+    torch.save({"format": "nas3d-model-1", "state_dict": {}, "x": _Payload(str(marker))}, path)
+    (tmp_path / "best.json").write_text(json.dumps({"format": "nas3d-infer-1", "roi_size": [8, 8, 8]}))
+    _image(tmp_path / "case.nii.gz")
+    _run_fails(capsys, ["--model", str(path), "--input", str(tmp_path / "case.nii.gz"), "--output",
+                        str(tmp_path / "seg.nii.gz")], "--trust-pickle")
+    assert not marker.exists() and not (tmp_path / "seg.nii.gz").exists()
+    # a whole pickled module is refused the same way without --trust-pickle
+    torch.save(torch.nn.Conv3d(1, 2, 3, padding=1), path)
+    _run_fails(capsys, ["--model", str(path), "--input", str(tmp_path / "case.nii.gz"), "--output",
+                        str(tmp_path / "seg.nii.gz")], "--trust-pickle")
+
+
+def test_truncated_newer_or_mismatched_checkpoints_are_clear_errors(tmp_path):
+    from nas3d_fast.inference.checkpoint import load_model
+
+    path, _, meta = _trained_checkpoint(tmp_path)
+    record = torch.load(path, weights_only=True)
+    cpu = torch.device("cpu")
+    with open(path, "rb") as f:
+        head = f.read()[:200]
+    (tmp_path / "cut.pt").write_bytes(head)
+    with pytest.raises(ValueError, match=r"cut.pt is not readable \(truncated"):
+        load_model(str(tmp_path / "cut.pt"), cpu)
+    torch.save({**record, "format": "nas3d-model-2"}, tmp_path / "newer.pt")
+    with pytest.raises(ValueError, match="a newer format needs a newer nas3d_fast"):
+        load_model(str(tmp_path / "newer.pt"), cpu)
+    other = {**record, "space_options": {**meta["space_options"], "base_channels": 4}}
+    torch.save(other, tmp_path / "mismatch.pt")
+    with pytest.raises(ValueError, match="the weights do not match its architecture"):
+        load_model(str(tmp_path / "mismatch.pt"), cpu)
+    torch.save({k: v for k, v in record.items() if k != "arch"}, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match=r"lacks \['arch'\]"):
+        load_model(str(tmp_path / "partial.pt"), cpu)

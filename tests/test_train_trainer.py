@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from nas3d_fast.inference.checkpoint import load_model, load_settings
+from nas3d_fast.inference.checkpoint import build_network, load_model, load_settings
 from nas3d_fast.train.batches import StepBatches
 from nas3d_fast.train.checkpoint import atomic_save, load_training_checkpoint
 from nas3d_fast.train.trainer import TrainConfig, Trainer, ValCase
@@ -32,12 +32,19 @@ def blob_sample(i, rng):
     return image[None].astype(np.float32), label[None]
 
 
+META = {
+    "space": "ronasmis",
+    "space_options": {"base_channels": 2, "depth": 2, "layers_per_stage": 1},
+    "arch": {"format": "nas3d-arch-1", "space": "ronasmis",
+             "arch": {"ops": ["conv3x3x3", "conv3x3x3", "conv3x3x3"], "skips": [0, 0, 0]}},
+    "in_channels": 1,
+    "num_classes": 2,
+}
+
+
 def tiny_model():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 1))
-
-
-META = {"space": "test", "space_options": {}, "arch": {"layers": 2}, "in_channels": 1, "num_classes": 2}
+    return build_network(META)
 
 
 def val_cases():

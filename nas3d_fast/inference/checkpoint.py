@@ -1,11 +1,15 @@
-"""The inference checkpoint format (until the training issue's checkpoints land) and its preprocessing.
+"""The inference checkpoint format and its preprocessing.
 
 A checkpoint is two files side by side:
 
-- ``NAME.pt``: a whole ``torch.nn.Module`` saved with ``torch.save(model, "NAME.pt")``. It maps a
-  (N, in_channels, *roi) float32 batch to (N, num_classes, *roi) logits. Loading unpickles Python
-  objects (``torch.load(weights_only=False)``): load only checkpoints you trust, with the model's class
-  importable.
+- ``NAME.pt``: the network as plain data (``format: nas3d-model-1``): ``space``, ``space_options``,
+  ``arch`` (its JSON), ``in_channels``, ``num_classes`` and the ``state_dict``, as ``nas3d train`` writes
+  ``best.pt``. It is read with ``torch.load(weights_only=True)``, which runs no code from the file, and
+  the network is rebuilt from the recorded space and architecture. The network maps a
+  (N, in_channels, *roi) float32 batch to (N, num_classes, *roi) logits.
+  A whole pickled ``torch.nn.Module`` (``torch.save(model, "NAME.pt")``, for a network from outside the
+  package) is read only with ``trust_pickle=True`` (``nas3d infer --trust-pickle``): unpickling runs
+  whatever code the file names, so do that only for files you trust.
 - ``NAME.json`` (optional; defaults below), the preprocessing and inference settings::
 
       {
@@ -37,6 +41,8 @@ from dataclasses import dataclass, field
 import torch
 
 FORMAT = "nas3d-infer-1"
+MODEL_FORMAT = "nas3d-model-1"
+MODEL_KEYS = ("space", "space_options", "arch", "in_channels", "num_classes", "state_dict")
 
 
 @dataclass
@@ -84,15 +90,66 @@ def load_settings(model_path: str) -> InferSettings:
     return s
 
 
-def load_model(model_path: str, device: torch.device) -> torch.nn.Module:
+def build_network(record: dict) -> torch.nn.Module:
+    """The network a record describes (``space``, ``space_options``, ``arch`` JSON or parsed,
+    ``in_channels``, ``num_classes``), freshly initialised."""
+    from ..spaces import base
+
+    space = base.get(record["space"], **record.get("space_options", {}))
+    arch = record["arch"]
+    arch = space.arch_from_json(arch if isinstance(arch, str) else json.dumps(arch))
+    return space.build(arch, int(record["in_channels"]), int(record["num_classes"]))
+
+
+def model_record(model: torch.nn.Module, meta: dict) -> dict:
+    """The plain-data ``NAME.pt`` of ``model`` (module docstring); ``meta`` names its space and arch."""
+    record = {"format": MODEL_FORMAT, **{k: meta[k] for k in MODEL_KEYS[:-1]}}
+    record["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return record
+
+
+def load_model(model_path: str, device: torch.device, trust_pickle: bool = False) -> torch.nn.Module:
+    """The network of ``model_path`` on ``device``, in eval mode (module docstring). ValueError naming the
+    file for a missing, truncated or unreadable file, a format this version does not know, weights that
+    do not fit the recorded architecture, or a pickled module without ``trust_pickle``."""
     if not os.path.isfile(model_path):
         raise ValueError(f"--model {model_path} is not a file")
     try:
-        model = torch.load(model_path, map_location=device, weights_only=False)
+        obj = torch.load(model_path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"--model {model_path} is not a torch.save'd module: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(model, torch.nn.Module):
-        raise ValueError(f"--model {model_path} holds a {type(model).__name__}, expected a torch.nn.Module")
+        if not isinstance(exc, __import__("pickle").UnpicklingError):
+            raise ValueError(f"--model {model_path} is not readable (truncated or not a torch.save file): "
+                             f"{type(exc).__name__}: {exc}") from exc
+        if not trust_pickle:
+            raise ValueError(
+                f"--model {model_path} holds pickled Python objects (a whole module, or other code), which "
+                "loading would run; nas3d train writes plain-data checkpoints. If you trust the file, pass "
+                f"--trust-pickle (trust_pickle=True). ({str(exc).splitlines()[0]})"
+            ) from None
+        try:
+            obj = torch.load(model_path, map_location="cpu", weights_only=False)
+        except Exception as exc2:
+            raise ValueError(f"--model {model_path} is not readable: {type(exc2).__name__}: {exc2}") from exc2
+    if isinstance(obj, torch.nn.Module):
+        if not trust_pickle:  # a module whose classes weights_only allows: still code-defined, refuse the same
+            raise ValueError(f"--model {model_path} is a pickled module; pass --trust-pickle if you trust it")
+        return obj.to(device).eval()
+    if not isinstance(obj, dict) or "format" not in obj:
+        raise ValueError(f"--model {model_path} holds a {type(obj).__name__}, expected a {MODEL_FORMAT} checkpoint")
+    if obj["format"] != MODEL_FORMAT:
+        raise ValueError(f"--model {model_path} has format {obj['format']!r}; this nas3d_fast reads {MODEL_FORMAT!r} "
+                         "(a newer format needs a newer nas3d_fast)")
+    missing = [k for k in MODEL_KEYS if k not in obj]
+    if missing:
+        raise ValueError(f"--model {model_path} lacks {missing} of a {MODEL_FORMAT} checkpoint")
+    try:
+        model = build_network(obj)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--model {model_path}: its space or architecture cannot be rebuilt: {exc}") from exc
+    try:
+        model.load_state_dict(obj["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"--model {model_path}: the weights do not match its architecture: {exc}") from exc
     return model.to(device).eval()
 
 

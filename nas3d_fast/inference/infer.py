@@ -70,13 +70,14 @@ def infer(
     tta: bool = False,
     device: str | None = None,
     progress: bool = True,
+    trust_pickle: bool = False,
 ) -> list[str]:
     """Write one label map per input image; returns the written paths. Raises ValueError with the file's
     name for unreadable inputs, settings that do not fit the image or the model, or a model whose output
     has the wrong shape; a failed image leaves no output file."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     settings = load_settings(model_path)
-    model = load_model(model_path, dev)
+    model = load_model(model_path, dev, trust_pickle)
     pairs = plan(input_path, output_path)
     roi = tuple(roi_size) if roi_size else settings.roi_size
     ov = overlap if overlap is not None else settings.overlap

@@ -34,7 +34,7 @@ import torch
 
 from .._atomic import atomic_write, write_json
 from ..inference.checkpoint import FORMAT as INFER_FORMAT
-from ..inference.checkpoint import InferSettings
+from ..inference.checkpoint import InferSettings, build_network, model_record
 
 TRAIN_FORMAT = "nas3d-train-1"
 
@@ -48,9 +48,12 @@ def atomic_json(obj: Any, path: str) -> None:
 
 
 def rng_state() -> dict:
+    """The generators' states as plain data (lists, ints, byte tensors), so a checkpoint loads with
+    ``torch.load(weights_only=True)``."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -63,8 +66,10 @@ def _cpu_bytes(state) -> torch.Tensor:
 def set_rng_state(state: dict) -> None:
     """Restore :func:`rng_state`'s generators. The torch states are taken back to CPU byte tensors first,
     so a checkpoint that was loaded with a ``map_location`` other than the CPU restores as well."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(_cpu_bytes(state["torch"]))
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([_cpu_bytes(s) for s in state["cuda"]])
@@ -72,11 +77,12 @@ def set_rng_state(state: dict) -> None:
 
 def read_checkpoint(path: str, fmt: str, what: str, map_location: str | torch.device = "cpu") -> dict:
     """The dict saved at ``path`` whose "format" is ``fmt``; ValueError naming the file (and ``what`` it
-    should be) if it is missing, unreadable or another kind of checkpoint."""
+    should be) if it is missing, unreadable or another kind of checkpoint. Read with
+    ``torch.load(weights_only=True)``: plain data only, no code from the file runs."""
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         raise ValueError(f"checkpoint {path} is not readable: {type(exc).__name__}: {exc}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
@@ -93,11 +99,7 @@ def load_training_checkpoint(path: str, map_location: str | torch.device = "cpu"
 
 def build_model(meta: dict) -> torch.nn.Module:
     """The network a checkpoint's ``meta`` describes (space, options, architecture), freshly initialised."""
-    from ..spaces import base
-
-    space = base.get(meta["space"], **meta.get("space_options", {}))
-    arch = space.arch_from_json(meta["arch"])
-    return space.build(arch, int(meta["in_channels"]), int(meta["num_classes"]))
+    return build_network(meta)
 
 
 def model_from_checkpoint(path: str, map_location: str | torch.device = "cpu") -> torch.nn.Module:
@@ -116,13 +118,11 @@ def infer_settings_dict(settings: InferSettings) -> dict:
     return d
 
 
-def write_inference_checkpoint(model: torch.nn.Module, settings: InferSettings, path: str) -> None:
-    """``path`` (NAME.pt: the whole module, on the CPU, in eval mode) and NAME.json (``settings``), the pair
+def write_inference_checkpoint(model: torch.nn.Module, settings: InferSettings, path: str, meta: dict) -> None:
+    """``path`` (NAME.pt: the network as plain data, ``inference.checkpoint.model_record``: the space and
+    architecture of ``meta`` and the weights on the CPU) and NAME.json (``settings``), the pair
     ``nas3d infer --model NAME.pt`` reads; each file is written atomically."""
     if not path.endswith(".pt"):
         raise ValueError(f"inference checkpoint path must end in .pt, got {path}")
-    import copy
-
-    cpu = copy.deepcopy(model).cpu().eval()
     atomic_json(infer_settings_dict(settings), os.path.splitext(path)[0] + ".json")
-    atomic_save(cpu, path)
+    atomic_save(model_record(model, meta), path)

@@ -445,7 +445,7 @@ class Trainer:
                 if self.val_cases and (self.stopped_by_time or self.best["step"] is None):
                     self._validate(tb)
                 elif not self.val_cases and self.step:
-                    ck.write_inference_checkpoint(self.model, self.infer_settings, self.best_path)
+                    ck.write_inference_checkpoint(self.model, self.infer_settings, self.best_path, self.meta)
             self.save()
         finally:
             if bar:
@@ -523,7 +523,7 @@ class Trainer:
             )
         if _better(res.mean_dice, self.best):
             self.best = {"metric": res.mean_dice, "step": self.step}
-            ck.write_inference_checkpoint(self.model, self.infer_settings, self.best_path)
+            ck.write_inference_checkpoint(self.model, self.infer_settings, self.best_path, self.meta)
         self.validated_step = self.step
         return res
 
