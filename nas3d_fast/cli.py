@@ -91,6 +91,7 @@ def cmd_infer(args) -> int:
             device=args.device,
             progress=not args.quiet,
             trust_pickle=args.trust_pickle,
+            resample_probabilities=args.resample_probabilities,
         )
     except (ValueError, OSError) as exc:
         print(f"nas3d infer: error: {exc}", file=sys.stderr)
@@ -116,6 +117,9 @@ def _add_infer(sub) -> None:
     infer.add_argument("--overlap", type=float, help="window overlap in [0, 1) (default: checkpoint's)")
     infer.add_argument("--tta", action="store_true", help="average over mirrored inputs (the checkpoint's tta_flips)")
     infer.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    infer.add_argument("--resample-probabilities", action="store_true",
+                       help="when the training resampled: bring the class probabilities back to the image's grid "
+                            "(linear) before the argmax, nnU-Net's way, instead of the labels (nearest)")
     infer.add_argument("--trust-pickle", action="store_true",
                        help="also read a whole pickled module (torch.save(model)), a network from outside the "
                             "package; unpickling runs code from the file: only for files you trust")

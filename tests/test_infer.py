@@ -266,3 +266,70 @@ def test_truncated_newer_or_mismatched_checkpoints_are_clear_errors(tmp_path):
     torch.save({k: v for k, v in record.items() if k != "arch"}, tmp_path / "partial.pt")
     with pytest.raises(ValueError, match=r"lacks \['arch'\]"):
         load_model(str(tmp_path / "partial.pt"), cpu)
+
+
+# --- the training preprocessing at inference (issue 24 item 3) ----------------------------------------
+
+
+@pytest.mark.parametrize("resample_probabilities", [False, True])
+def test_infer_applies_the_training_crop_spacing_and_intensity_and_writes_on_the_input_grid(tmp_path, resample_probabilities):
+    """0.8 x 0.8 x 3 mm input, trained at 1.5 mm isotropic with a non-zero crop and z-score of the non-zero
+    voxels: nas3d infer equals the pipeline done by hand (crop, resample, normalise, predict, back)."""
+    from scipy import ndimage
+
+    from nas3d_fast.data.preprocess import nonzero_box
+    from nas3d_fast.inference.checkpoint import InferSettings, build_network
+    from nas3d_fast.train.checkpoint import write_inference_checkpoint
+
+    meta = {"space": "ronasmis", "space_options": {"base_channels": 2, "depth": 2, "layers_per_stage": 1},
+            "arch": {"format": "nas3d-arch-1", "space": "ronasmis",
+                     "arch": {"ops": ["conv3x3x3", "conv3x3x3", "conv3x3x3"], "skips": [0, 0, 0]}},
+            "in_channels": 1, "num_classes": 3}
+    torch.manual_seed(0)
+    model = build_network(meta).eval()
+    pre = {"spacing": [1.5, 1.5, 1.5], "intensity": {"kind": "zscore", "nonzero": True}, "crop_nonzero": True}
+    settings = InferSettings(roi_size=(8, 8, 8), sw_batch_size=2, overlap=0.5, tta_flips=(), preprocessing=pre)
+    write_inference_checkpoint(model, settings, str(tmp_path / "best.pt"), meta)
+
+    affine = np.diag([0.8, 0.8, 3.0, 1.0])
+    affine[:3, 3] = (-10.0, 4.0, 7.0)
+    rng = np.random.default_rng(0)
+    data = np.zeros((30, 26, 9), np.float32)
+    data[4:27, 3:22, 1:8] = rng.normal(300.0, 50.0, size=(23, 19, 7))  # a body in air
+    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "case.nii.gz"))
+    out = tmp_path / "seg.nii.gz"
+    args = ["infer", "--model", str(tmp_path / "best.pt"), "--input", str(tmp_path / "case.nii.gz"), "--output",
+            str(out), "--quiet"] + (["--resample-probabilities"] if resample_probabilities else [])
+    assert cli.main(args) == 0
+    seg = nib.load(str(out))
+    assert seg.shape == data.shape and np.array_equal(seg.affine, nib.load(str(tmp_path / "case.nii.gz")).affine)
+
+    # by hand: crop to the body, resample to 1.5 mm (cubic; the grid covering the same field of view),
+    # z-score of the non-zero voxels, predict, resample back, un-crop
+    box = nonzero_box(data[None])
+    crop = data[tuple(slice(a, b) for a, b in box)]
+    shape_in = np.array(crop.shape)
+    shape_out = np.maximum(1, np.round(shape_in * np.array([0.8, 0.8, 3.0]) / 1.5)).astype(int)
+    ratio = shape_in / shape_out
+    img = ndimage.affine_transform(crop, ratio, offset=(ratio - 1) / 2, output_shape=tuple(shape_out), order=3,
+                                   mode="nearest")
+    mask = ndimage.affine_transform((crop != 0).astype(np.uint8), ratio, offset=(ratio - 1) / 2,
+                                    output_shape=tuple(shape_out), order=0, mode="nearest").astype(bool)
+    img = np.where(mask, (img - img[mask].mean()) / img[mask].std(), 0).astype(np.float32)
+    with torch.no_grad():
+        probs = sliding_window_inference(torch.from_numpy(img)[None, None], (8, 8, 8), 2, model, overlap=0.5,
+                                         mode="gaussian").softmax(1)[0].numpy()
+    back = 1 / ratio  # preprocessed voxels per cropped voxel
+    if resample_probabilities:
+        up = np.stack([ndimage.affine_transform(p, back, offset=(back - 1) / 2, output_shape=tuple(shape_in),
+                                                order=1, mode="nearest") for p in probs])
+        labels = up.argmax(0)
+    else:
+        labels = ndimage.affine_transform(probs.argmax(0), back, offset=(back - 1) / 2,
+                                          output_shape=tuple(shape_in), order=0, mode="nearest")
+    want = np.zeros(data.shape, np.int64)
+    want[tuple(slice(a, b) for a, b in box)] = labels
+    got = np.asarray(seg.dataobj)
+    assert len(np.unique(labels)) > 1  # the untrained network does not predict one class everywhere
+    assert np.array_equal(got, want), (got != want).sum()
+    assert got[0].max() == 0  # outside the body's box: background

@@ -298,6 +298,21 @@ def restore_labels(labels: np.ndarray, meta: dict) -> np.ndarray:
     return uncrop(labels, box, tuple(meta["original_shape"]))
 
 
+def restore_probabilities(probs: np.ndarray, meta: dict) -> np.ndarray:
+    """The (X, Y, Z) label map on the original image's grid of (K, X, Y, Z) class probabilities predicted on
+    the preprocessed grid: each class resampled linearly to the cropped grid, then the argmax (nnU-Net's
+    way: smoother boundaries than resampling the labels), un-cropped with background 0."""
+    probs = np.asarray(probs, dtype=np.float32)
+    if probs.ndim != 4:
+        raise ValueError(f"restore_probabilities: probs must be (K, X, Y, Z), got shape {probs.shape}")
+    cropped_shape = tuple(meta["cropped_shape"])
+    if probs.shape[1:] != cropped_shape:
+        original_affine = np.asarray(meta["original_affine"])
+        probs, _ = resample(probs, original_affine, (1.0, 1.0, 1.0), order=1, shape=cropped_shape)
+    labels = probs.argmax(0).astype(np.int16)
+    return uncrop(labels, tuple(tuple(b) for b in meta["box"]), tuple(meta["original_shape"]))
+
+
 def write_prediction(labels, meta: dict, path: str) -> np.ndarray:
     """Write a label map predicted on the preprocessed grid ((X, Y, Z) numpy array or tensor) to ``path``
     on the original image's grid with its affine (:func:`restore_labels`; written atomically, uint8 when

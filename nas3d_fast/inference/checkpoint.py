@@ -20,16 +20,25 @@ A checkpoint is two files side by side:
         "mode": "gaussian",                # "constant" | "gaussian"
         "sw_batch_size": 4,
         "tta_flips": [0, 1, 2],            # axes mirrored by `nas3d infer --tta`
-        "intensity": {"kind": "ct", "window": [-1000, 1000], "mean": 0.0, "std": 1.0}
+        "intensity": {"kind": "ct", "window": [-1000, 1000], "mean": 0.0, "std": 1.0},
+        "preprocessing": {"spacing": [1.5, 1.5, 1.5], "intensity": {...}, "crop_nonzero": true}
       }
+
+  ``preprocessing`` (optional; ``nas3d train`` records its own) is the training's whole preprocessing
+  (``nas3d_fast.data.Preprocessing``): an image is cropped to its non-zero region, resampled to the
+  training spacing and normalised exactly as in training (``data.preprocess_case``, with the statistics
+  of the non-zero voxels where the training took them), predicted there, and the labels are put back on
+  the image's own grid and affine (``data.restore_labels``: nearest, or with ``resample_probabilities``
+  the class probabilities resampled linearly before the argmax, nnU-Net's way). It replaces
+  ``intensity`` when present.
 
   ``intensity`` is the training preprocessing's own dict, applied by the same function
   (``nas3d_fast.data.preprocess.normalise_intensity``), so an image is normalised at inference exactly as
   it was for training: "none" (as stored); "zscore" (per channel: subtract the mean, divide by the
   standard deviation; MRI), with ``"nonzero"`` (default true) taking the statistics of the non-zero
   voxels only and setting the others to 0; or "ct" (clip to ``window``, then subtract ``mean`` and
-  divide by ``std`` when given, else scale the window to [0, 1]). Resampling to a target spacing is not
-  part of this format: images are predicted on their own grid, so the label map shares the input's affine.
+  divide by ``std`` when given, else scale the window to [0, 1]). Without ``preprocessing`` images are
+  predicted on their own grid.
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ class InferSettings:
     sw_batch_size: int = 4
     tta_flips: tuple[int, ...] = (0, 1, 2)
     intensity: dict = field(default_factory=lambda: {"kind": "none"})
+    preprocessing: dict | None = None
 
 
 def settings_path(model_path: str) -> str:
@@ -87,6 +97,13 @@ def load_settings(model_path: str) -> InferSettings:
         raise ValueError(f"checkpoint settings {path}: intensity.kind must be 'none', 'zscore' or 'ct', got {kind!r}")
     if kind == "ct" and not (isinstance(s.intensity.get("window"), list) and len(s.intensity["window"]) == 2):
         raise ValueError(f"checkpoint settings {path}: intensity 'ct' needs window: [low, high]")
+    if s.preprocessing is not None:
+        from ..data.preprocess import Preprocessing
+
+        try:
+            Preprocessing.from_dict(s.preprocessing)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"checkpoint settings {path}: preprocessing: {exc}") from exc
     return s
 
 

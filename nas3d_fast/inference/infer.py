@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 
+from ..data.preprocess import Preprocessing, preprocess_case, restore_labels, restore_probabilities
 from .checkpoint import load_model, load_settings, preprocess
 from .nifti import NIFTI_SUFFIXES, is_nifti_name, read_image, write_labels
 from .sliding_window import sliding_window_inference
@@ -71,6 +73,7 @@ def infer(
     device: str | None = None,
     progress: bool = True,
     trust_pickle: bool = False,
+    resample_probabilities: bool = False,
 ) -> list[str]:
     """Write one label map per input image; returns the written paths. Raises ValueError with the file's
     name for unreadable inputs, settings that do not fit the image or the model, or a model whose output
@@ -94,7 +97,12 @@ def infer(
                 f"input {src} has {image.shape[1]} channel(s), "
                 f"the checkpoint expects in_channels={settings.in_channels}"
             )
-        image = preprocess(image, settings.intensity).to(dev)
+        prepared = None
+        if settings.preprocessing is not None:  # the training's crop, spacing and intensity
+            prepared = preprocess_case(image[0].numpy(), nifti.affine, None, Preprocessing.from_dict(settings.preprocessing))
+            image = torch.from_numpy(prepared.image)[None].to(dev)
+        else:
+            image = preprocess(image, settings.intensity).to(dev)
 
         def predict(x):
             with torch.no_grad():
@@ -109,12 +117,18 @@ def infer(
                 overlap=ov,
                 mode=settings.mode,
                 progress=progress,
-                output="labels",
+                output="probs" if prepared is not None and resample_probabilities else "labels",
                 tta_flips=settings.tta_flips if tta else (),
             )
         except ValueError as exc:
             raise ValueError(f"input {src}: {exc}") from exc
-        write_labels(labels[0, 0].cpu().numpy(), nifti, dst)
+        if prepared is None:
+            out = labels[0, 0].cpu().numpy()
+        elif resample_probabilities:
+            out = restore_probabilities(labels[0].cpu().numpy(), prepared.meta)
+        else:
+            out = restore_labels(labels[0, 0].cpu().numpy(), prepared.meta)
+        write_labels(out.astype(np.uint8 if out.max(initial=0) < 256 else np.int16), nifti, dst)
         written.append(dst)
         if bar is not None:
             bar.update(1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -136,14 +135,8 @@ def train(
         mode="gaussian",
         sw_batch_size=config.sw_batch_size,
         intensity=dict(data.intensity),
+        preprocessing=pre.to_dict(),  # nas3d infer crops, resamples and normalises as this training does
     )
-    if data.spacing is not None or data.crop_nonzero or data.intensity.get("nonzero"):
-        # nas3d infer's format has no resampling, cropping or non-zero statistics (inference/checkpoint.py)
-        warnings.warn(
-            "best.pt/best.json describe the intensity only: `nas3d infer` will not resample, crop or take "
-            "non-zero statistics as this training's preprocessing does; preprocess its inputs the same way",
-            stacklevel=2,
-        )
     os.makedirs(out_dir, exist_ok=True)
     from .checkpoint import atomic_write
 
