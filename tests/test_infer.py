@@ -333,3 +333,10 @@ def test_infer_applies_the_training_crop_spacing_and_intensity_and_writes_on_the
     assert len(np.unique(labels)) > 1  # the untrained network does not predict one class everywhere
     assert np.array_equal(got, want), (got != want).sum()
     assert got[0].max() == 0  # outside the body's box: background
+    # the same from Python: nas3d_fast.inference.predict_volume
+    from nas3d_fast.inference import load_model, load_settings, predict_volume
+
+    path = str(tmp_path / "best.pt")
+    again = predict_volume(data[None], affine, load_model(path, torch.device("cpu")), load_settings(path),
+                           resample_probabilities=resample_probabilities, device="cpu")
+    assert np.array_equal(again, got)

@@ -2,7 +2,10 @@
 to bounded memory, and NIfTI in/out for the `nas3d infer` command."""
 
 from . import heap
+from .checkpoint import InferSettings, load_model, load_settings
 from .grid import clear_cache
+from .infer import predict_volume
 from .sliding_window import sliding_window_inference
 
-__all__ = ["clear_cache", "heap", "sliding_window_inference"]
+__all__ = ["InferSettings", "clear_cache", "heap", "load_model", "load_settings", "predict_volume",
+           "sliding_window_inference"]

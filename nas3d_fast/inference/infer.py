@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..data.preprocess import Preprocessing, preprocess_case, restore_labels, restore_probabilities
-from .checkpoint import load_model, load_settings, preprocess
+from .checkpoint import InferSettings, load_model, load_settings, preprocess
 from .nifti import NIFTI_SUFFIXES, is_nifti_name, read_image, write_labels
 from .sliding_window import sliding_window_inference
 
@@ -63,6 +63,60 @@ def _pairs(input_path: str, output_path: str) -> list[tuple[str, str]]:
     return [(input_path, output_path)]
 
 
+def predict_volume(
+    image,
+    affine,
+    model: torch.nn.Module,
+    settings: InferSettings,
+    *,
+    roi_size=None,
+    overlap=None,
+    tta: bool = False,
+    device: str | torch.device | None = None,
+    resample_probabilities: bool = False,
+    progress: bool = False,
+) -> np.ndarray:
+    """The (X, Y, Z) int64 label map of one image on its own grid: ``image`` (C, X, Y, Z) numpy array or
+    tensor, ``affine`` its 4 x 4 voxel-to-mm matrix, ``model`` mapping (N, C, *roi) to (N, K, *roi)
+    logits, ``settings`` the checkpoint's (``load_settings``): with ``settings.preprocessing`` the image is
+    cropped, resampled and normalised as in training and the labels brought back (module
+    ``checkpoint``'s docstring); else only ``settings.intensity`` is applied. ``roi_size``/``overlap``
+    override the settings'; ``tta`` averages over ``settings.tta_flips``."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    image = torch.as_tensor(np.asarray(image.detach().cpu() if hasattr(image, "detach") else image, np.float32))
+    if image.dim() != 4:
+        raise ValueError(f"image must be (C, X, Y, Z), got shape {tuple(image.shape)}")
+    roi = tuple(roi_size) if roi_size else settings.roi_size
+    ov = overlap if overlap is not None else settings.overlap
+    prepared = None
+    if settings.preprocessing is not None:  # the training's crop, spacing and intensity
+        prepared = preprocess_case(image.numpy(), np.asarray(affine), None, Preprocessing.from_dict(settings.preprocessing))
+        x = torch.from_numpy(prepared.image)[None].to(dev)
+    else:
+        x = preprocess(image[None], settings.intensity).to(dev)
+
+    def predict(batch):
+        with torch.no_grad():
+            return model(batch)
+
+    result = sliding_window_inference(
+        x,
+        roi,
+        settings.sw_batch_size,
+        predict,
+        overlap=ov,
+        mode=settings.mode,
+        progress=progress,
+        output="probs" if prepared is not None and resample_probabilities else "labels",
+        tta_flips=settings.tta_flips if tta else (),
+    )
+    if prepared is None:
+        return result[0, 0].cpu().numpy().astype(np.int64)
+    if resample_probabilities:
+        return restore_probabilities(result[0].cpu().numpy(), prepared.meta).astype(np.int64)
+    return restore_labels(result[0, 0].cpu().numpy(), prepared.meta).astype(np.int64)
+
+
 def infer(
     model_path: str,
     input_path: str,
@@ -82,8 +136,7 @@ def infer(
     settings = load_settings(model_path)
     model = load_model(model_path, dev, trust_pickle)
     pairs = plan(input_path, output_path)
-    roi = tuple(roi_size) if roi_size else settings.roi_size
-    ov = overlap if overlap is not None else settings.overlap
+    roi, ov = roi_size, overlap
     written = []
     bar = None
     if progress and len(pairs) > 1:
@@ -97,37 +150,11 @@ def infer(
                 f"input {src} has {image.shape[1]} channel(s), "
                 f"the checkpoint expects in_channels={settings.in_channels}"
             )
-        prepared = None
-        if settings.preprocessing is not None:  # the training's crop, spacing and intensity
-            prepared = preprocess_case(image[0].numpy(), nifti.affine, None, Preprocessing.from_dict(settings.preprocessing))
-            image = torch.from_numpy(prepared.image)[None].to(dev)
-        else:
-            image = preprocess(image, settings.intensity).to(dev)
-
-        def predict(x):
-            with torch.no_grad():
-                return model(x)
-
         try:
-            labels = sliding_window_inference(
-                image,
-                roi,
-                settings.sw_batch_size,
-                predict,
-                overlap=ov,
-                mode=settings.mode,
-                progress=progress,
-                output="probs" if prepared is not None and resample_probabilities else "labels",
-                tta_flips=settings.tta_flips if tta else (),
-            )
+            out = predict_volume(image[0], nifti.affine, model, settings, roi_size=roi, overlap=ov, tta=tta,
+                                 device=dev, resample_probabilities=resample_probabilities, progress=progress)
         except ValueError as exc:
             raise ValueError(f"input {src}: {exc}") from exc
-        if prepared is None:
-            out = labels[0, 0].cpu().numpy()
-        elif resample_probabilities:
-            out = restore_probabilities(labels[0].cpu().numpy(), prepared.meta)
-        else:
-            out = restore_labels(labels[0, 0].cpu().numpy(), prepared.meta)
         write_labels(out.astype(np.uint8 if out.max(initial=0) < 256 else np.int16), nifti, dst)
         written.append(dst)
         if bar is not None:
