@@ -25,6 +25,12 @@ in one).
 Elsewhere (CUDA, meta and fake tensors (but see ``meta_as_cpu``), other dtypes, batches torch already
 routes to oneDNN, strided or padded 1x1x1 kernels, groups or dilation) it is ``F.conv3d``. Results
 equal ``F.conv3d`` to float32 rounding.
+
+Under ``torch.compile`` the oneDNN route is the custom op ``nas3d::onednn_conv3d`` (with a fake kernel
+and its backward ``nas3d::onednn_conv3d_backward``), which the compiler keeps as one opaque call
+(``aten.mkldnn_convolution`` itself has no kernel for fake tensors); the matrix-product route is
+``torch.matmul`` on the same views, which inductor lowers to its own GEMM. Eager calls keep the
+autograd Functions (no custom-op dispatch on the hot path).
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ _SLOW_CONV_LIMIT = 20480  # ATen's N * C * D * H bound below which batch-1 convo
 # Below 8^3 oneDNN gains nothing: it ran at 0.84x of torch's kernel at (1, 256, 4^3) before this bound
 # (the c256_s4 case of benchmarks/conv_route.py, which now runs torch's kernel on both sides).
 _MIN_VOXELS = 512
+# read once: torch.compile does not trace into torch.backends.mkldnn.is_available (a graph break per call)
+_ONEDNN_BUILT = torch.backends.mkldnn.is_available()
 
 
 _META_AS_CPU = contextvars.ContextVar("nas3d_meta_as_cpu", default=False)
@@ -78,7 +86,7 @@ def takes_slow_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and type(x) in _PLAIN
         and type(weight) in _PLAIN
         and weight.device == x.device
-        and torch.backends.mkldnn.is_available()
+        and _ONEDNN_BUILT
         and torch.backends.mkldnn.enabled
         and x.shape[0] == 1
         and x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3] <= _SLOW_CONV_LIMIT
@@ -115,11 +123,63 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0) -> torch.
     x (N, C_in, X, Y, Z), weight (C_out, C_in, kx, ky, kz); returns (N, C_out, X', Y', Z').
     """
     stride, padding = _triple(stride), _triple(padding)
+    compiling = torch.compiler.is_compiling()
     if is_pointwise(x, weight, stride, padding):
+        if compiling:
+            w = weight.reshape(weight.shape[0], weight.shape[1])
+            return torch.matmul(w, x.reshape(x.shape[0], x.shape[1], -1)).view(x.shape[0], w.shape[0], *x.shape[2:])
         return _PointwiseConv3d.apply(x, weight)
     if takes_slow_path(x, weight):
+        if compiling:
+            return onednn_conv3d(x, weight, list(stride), list(padding))
         return _OneDnnConv3d.apply(x, weight, stride, padding)
     return F.conv3d(x, weight, stride=stride, padding=padding)
+
+
+@torch.library.custom_op("nas3d::onednn_conv3d", mutates_args=())
+def onednn_conv3d(x: torch.Tensor, weight: torch.Tensor, stride: list[int], padding: list[int]) -> torch.Tensor:
+    """The oneDNN route of ``conv3d`` as one op for the compiler (module docstring)."""
+    return torch.ops.aten.mkldnn_convolution(x.contiguous(), weight, None, padding, stride, [1, 1, 1], 1)
+
+
+@onednn_conv3d.register_fake
+def _(x, weight, stride, padding):
+    size = [(n + 2 * p - k) // s + 1 for n, p, k, s in zip(x.shape[2:], padding, weight.shape[2:], stride)]
+    return x.new_empty(x.shape[0], weight.shape[0], *size)
+
+
+@torch.library.custom_op("nas3d::onednn_conv3d_backward", mutates_args=())
+def onednn_conv3d_backward(
+    x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, stride: list[int], padding: list[int],
+    need_x: bool, need_weight: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input gradient, weight gradient) of ``onednn_conv3d`` (``conv3d_grads``); an empty tensor for a
+    gradient not needed (a custom op returns tensors only)."""
+    gx, gw = conv3d_grads(x, weight, grad, stride, padding, need_x, need_weight)
+    return (gx if gx is not None else x.new_empty(0)), (gw if gw is not None else weight.new_empty(0))
+
+
+@onednn_conv3d_backward.register_fake
+def _(x, weight, grad, stride, padding, need_x, need_weight):
+    return (x.new_empty(x.shape) if need_x else x.new_empty(0)), (
+        weight.new_empty(weight.shape) if need_weight else weight.new_empty(0)
+    )
+
+
+def _onednn_setup(ctx, inputs, output):
+    x, weight, stride, padding = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.stride, ctx.padding = stride, padding
+
+
+def _onednn_backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    gx, gw = onednn_conv3d_backward(x, weight, grad, ctx.stride, ctx.padding, need_x, need_w)
+    return (gx if need_x else None), (gw if need_w else None), None, None
+
+
+onednn_conv3d.register_autograd(_onednn_backward, setup_context=_onednn_setup)
 
 
 def conv3d_grads(
@@ -129,6 +189,9 @@ def conv3d_grads(
     gradient ``grad``, each None when not needed; oneDNN where ``takes_slow_path``."""
     stride, padding = _triple(stride), _triple(padding)
     fast = takes_slow_path(x, weight)
+    if fast and torch.compiler.is_compiling():  # one op for the compiler, this function at run time
+        gx, gw = onednn_conv3d_backward(x, weight, grad, list(stride), list(padding), need_x, need_weight)
+        return (gx if need_x else None), (gw if need_weight else None)
     grad_x = grad_w = None
     if need_x and fast and stride == (1, 1, 1) and all(p <= k - 1 for p, k in zip(padding, weight.shape[2:])):
         flipped = weight.transpose(0, 1).flip(2, 3, 4)

@@ -1,0 +1,93 @@
+"""torch.compile of the networks users train (issue 24 item 1): every space's built network, forward and
+backward, equal to eager with no graph break caused by nas3d code, and a compiled supernet step of each
+space with a supernet. The compiler's own trace runs with backend "aot_eager" (the fake-tensor tracing
+that crashed, without inductor's C++ build); one network also goes through inductor end to end."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo
+
+from nas3d_fast import spaces
+from nas3d_fast.spaces.c2fnas import topologies
+
+TOPOLOGY = list(topologies()[100])
+SPACES = {
+    "dints": {"num_blocks": 3, "num_depths": 2, "channel_mul": 0.125},
+    "scnas": {"base_channels": 2},
+    "c2fnas": {"channels": 4},
+    "ronasmis": {"base_channels": 4, "depth": 2, "layers_per_stage": 1},
+    "tautoml": {},
+}
+SUPERNETS = {
+    "dints": SPACES["dints"],
+    "scnas": SPACES["scnas"],
+    "c2fnas": {"channels": 4, "topology": TOPOLOGY},
+    "ronasmis": SPACES["ronasmis"],
+}
+# batch 1 at 32^3: nas3d's conv3d takes its oneDNN route (the one that crashed); at 16^3 the coarsest
+# scale is one voxel, whose instance norms make the gradients ill-conditioned noise
+SHAPE = (1, 1, 32, 32, 32)
+
+
+def _forward_backward(model, *args):
+    for p in model.parameters():
+        p.grad = None
+    out = model(*args)
+    (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+    return out.detach(), [p.grad.clone() if p.grad is not None else None for p in model.parameters()]
+
+
+def _close(got, want, what):
+    """float32 tolerance relative to the tensor's scale: the compiled graph sums in another order, and
+    through a dozen instance norms a weight gradient of magnitude 6e4 differs by a few units in eager
+    vs compiled (5e-5 of its largest element)."""
+    scale = max(1.0, float(want.abs().max()))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * scale, msg=lambda m: f"{what}: {m}")
+
+
+def _assert_equal(eager, compiled):
+    (y0, g0), (y1, g1) = eager, compiled
+    _close(y1, y0, "output")
+    assert len(g0) == len(g1)
+    for i, (a, b) in enumerate(zip(g0, g1)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            _close(b, a, f"gradient of parameter {i}")
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_a_built_network_compiles_without_graph_breaks_and_equals_eager(name):
+    space = spaces.get(name, **SPACES[name])
+    torch.manual_seed(0)
+    model = space.build(space.sample(0), 1, 2)
+    x = torch.randn(SHAPE)
+    eager = _forward_backward(model, x)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0, [str(b.reason).splitlines()[0] for b in explained.break_reasons]
+    compiled = _forward_backward(torch.compile(model, backend="aot_eager"), x)
+    _assert_equal(eager, compiled)
+
+
+def test_a_built_network_runs_through_inductor():
+    space = spaces.get("ronasmis", **SPACES["ronasmis"])
+    torch.manual_seed(0)
+    model = space.build(space.sample(0), 1, 2)
+    x = torch.randn(SHAPE)
+    torch._dynamo.reset()
+    _assert_equal(_forward_backward(model, x), _forward_backward(torch.compile(model), x))
+
+
+@pytest.mark.parametrize("name", sorted(SUPERNETS))
+def test_a_compiled_supernet_step_equals_eager(name):
+    """Graph breaks are allowed here: a supernet's edges branch on their weights (which candidates run)."""
+    space = spaces.get(name, **SUPERNETS[name])
+    torch.manual_seed(0)
+    supernet = space.supernet(1, 2)
+    weights = {k: torch.softmax(v.detach(), -1) for k, v in supernet.arch_logits().items()}
+    x = torch.randn(SHAPE)
+    eager = _forward_backward(supernet, x, weights)
+    torch._dynamo.reset()
+    _assert_equal(eager, _forward_backward(torch.compile(supernet, backend="aot_eager"), x, weights))
