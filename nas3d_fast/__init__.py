@@ -7,6 +7,7 @@ from . import (
 )
 from .dispatch import BackendStatus, backends, get_backend, set_backend
 
+#: the package version (also in pyproject.toml).
 __version__ = "0.1.0"
 
 __all__ = ["BackendStatus", "__version__", "backends", "get_backend", "nn", "ops", "set_backend"]

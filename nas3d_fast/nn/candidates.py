@@ -28,6 +28,7 @@ from torch import nn
 from .. import ops
 from .conv import conv3d
 
+#: every candidate op name, in the order search spaces index them (the table above says what each computes).
 CANDIDATES = (
     "zero",
     "identity",

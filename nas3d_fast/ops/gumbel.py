@@ -56,9 +56,11 @@ def gumbel_topk(
             kernel uses torch.rand's Philox stream; the reference and triton backends torch.rand.
 
     Returns:
-        weights: (E, K) of logits' dtype, zero except at the chosen entries, each row summing to 1;
-            differentiable with respect to logits.
-        indices: (E, k) int64, the chosen ops of each row, the larger weight first.
+        The pair ``(weights, indices)``.
+
+        - weights: (E, K) of logits' dtype, zero except at the chosen entries, each row summing to 1;
+          differentiable with respect to logits.
+        - indices: (E, k) int64, the chosen ops of each row, the larger weight first.
     """
     if (  # the common training call on a CPU tensor: straight to the kernel, which validates everything
         noise is None

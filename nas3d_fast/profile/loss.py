@@ -19,6 +19,8 @@ LOSSES = ("dice_ce", "ce")
 
 
 def dice_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean soft Dice loss plus mean cross-entropy of ``logits`` (N, K, X, Y, Z) against the int64 labels
+    ``target`` (N, X, Y, Z); the profiler's default loss (see the module docstring)."""
     ce = F.cross_entropy(logits, target)
     probs = logits.softmax(1)
     onehot = torch.zeros_like(probs).scatter_(1, target.unsqueeze(1), 1.0)

@@ -1,4 +1,4 @@
-"""Searchers: a dataset, a space and a budget in, an architecture (``arch.json``) out (SPEC §6).
+"""Searchers: a dataset, a space and a budget in, an architecture (``arch.json``) out (SPEC §6)::
 
     from nas3d_fast.search import SearchConfig, search
     summary = search("dints", "gumbel", "mni", "run", SearchConfig(epochs=4, steps_per_epoch=20),

@@ -16,6 +16,7 @@ from .distributed import ProcessGroup, RankSamples
 from .dints import DiNTSSearch
 from .gumbel import GumbelSearch
 
+#: searcher name (``nas3d search --searcher``) -> its class.
 SEARCHERS: dict[str, type[SupernetSearch]] = {"gumbel": GumbelSearch, "dints": DiNTSSearch}
 
 

@@ -158,6 +158,7 @@ class LRFactor:
         return 1.0
 
 
+#: learning-rate schedule names ``make_scheduler`` and ``nas3d train --schedule`` accept.
 SCHEDULES = ("constant", "poly", "multistep")
 
 
