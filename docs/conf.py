@@ -36,6 +36,7 @@ extensions = [
     "sphinx.ext.viewcode",
     "myst_parser",
     "nas3d_api",
+    "nas3d_bench",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
