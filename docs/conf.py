@@ -35,6 +35,7 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
     "myst_parser",
+    "sphinx_gallery.gen_gallery",
     "nas3d_api",
     "nas3d_bench",
 ]
@@ -93,3 +94,20 @@ myst_heading_anchors = 3
 
 html_theme = "furo"
 html_title = f"nas3d_fast {release}"
+
+sphinx_gallery_conf = {
+    "examples_dirs": "examples",
+    "gallery_dirs": "tutorials",
+    "filename_pattern": r"tutorial_",  # every tutorial runs during the build
+    "within_subsection_order": "FileNameSortKey",
+    "abort_on_example_error": False,  # run them all, then fail (every failure is reported)
+    "only_warn_on_example_error": False,
+    "download_all_examples": False,
+    "remove_config_comments": True,
+    "min_reported_time": 0,
+    "show_memory": False,
+    "write_computation_times": False,  # its page loads scripts from CDNs; each tutorial page gives its time
+    "reset_modules": ("matplotlib",),
+    "matplotlib_animations": False,
+    "capture_repr": ("_repr_html_", "__repr__"),
+}
