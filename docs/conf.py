@@ -48,8 +48,10 @@ exclude_patterns = ["_build", "examples/README.rst", "tutorials/*.ipynb", "tutor
 # (torch, numpy, the standard library) have no inventory here (the build runs offline) and are ignored.
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(torch|numpy|np|nn|nibabel|matplotlib|collections|typing|abc|argparse|pathlib|os|io|dataclasses)(\..*)?"),
-    (r"py:.*", r"(Tensor|Module|Generator|ndarray|Sequence|Mapping|Iterator|Iterable|Callable|Any|ClassVar|Path|optional)"),
+    (r"py:.*", r"(torch|numpy|np|nn|nibabel|matplotlib|collections|typing|abc|argparse|pathlib|os|io"
+               r"|dataclasses)(\..*)?"),
+    (r"py:.*", r"(Tensor|Module|Generator|ndarray|Sequence|Mapping|Iterator|Iterable|Callable|Any|ClassVar|Path"
+               r"|optional)"),
     (r"py:.*", r"(int|float|str|bool|bytes|dict|list|tuple|set|type|object|None|callable|Ellipsis)"),
     (r"py:.*", r"[A-Za-z_]*(Error|Exception|Warning)"),
     (r"py:class", r"['\"].*|[A-Za-z_.]*\[.*"),  # string and generic annotations (tuple[int, ...])

@@ -38,7 +38,8 @@ window.addEventListener("load", function () {
     broken_images: images.filter(function (i) { return !(i.complete && i.naturalWidth > 0); })
                          .map(function (i) { return i.getAttribute("src"); }),
     stylesheets: sheets.length,
-    broken_stylesheets: sheets.filter(function (l) { return !l.sheet; }).map(function (l) { return l.getAttribute("href"); }),
+    broken_stylesheets: sheets.filter(function (l) { return !l.sheet; })
+                              .map(function (l) { return l.getAttribute("href"); }),
     text_chars: document.body.innerText.length
   };
   document.body.setAttribute("data-check", JSON.stringify(report));

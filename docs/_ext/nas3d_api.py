@@ -155,7 +155,8 @@ def _imported_names(mod_name: str) -> list[str]:
     """Names a module imports from elsewhere (documented where they are defined); at least one, as
     ``:exclude-members:`` needs a value."""
     mod = importlib.import_module(mod_name)
-    names = [n for n, v in vars(mod).items() if getattr(v, "__module__", mod_name) != mod_name and not n.startswith("_")]
+    names = [n for n, v in vars(mod).items()
+             if getattr(v, "__module__", mod_name) != mod_name and not n.startswith("_")]
     return names or ["__nothing__"]
 
 
