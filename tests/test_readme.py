@@ -1,6 +1,6 @@
 """README.md's Python examples run as written (issue 25): every ```python block, each in a fresh
 namespace, on the CPU. Shell blocks are not run. The examples use tiny sizes, so the whole file takes
-seconds; the README's length is kept near a page too."""
+seconds; the README's length is kept near a page and its links point to files that exist."""
 
 from __future__ import annotations
 
@@ -27,6 +27,14 @@ def test_the_readme_has_its_examples_and_stays_short():
     assert len(BLOCKS) >= 4, "README.md lost its Python examples"
     assert TEXT.count("\n") <= 210, "README.md should stay about 200 lines; long passages belong in docs/"
     assert "make demo" in TEXT.split("\n## ")[0] and "make test" in TEXT.split("\n## ")[0]
+
+
+def test_the_readme_links_to_files_that_exist():
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", TEXT)
+    local = [link for link in links if "://" not in link]
+    assert local, "README.md links to no page of docs/"
+    missing = [link for link in local if not os.path.exists(os.path.join(os.path.dirname(README), link))]
+    assert not missing, f"README.md links to missing files: {missing}"
 
 
 @pytest.mark.parametrize("line,code", BLOCKS, ids=[f"line{n}" for n, _ in BLOCKS])
