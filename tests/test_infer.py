@@ -204,14 +204,21 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
+# a tiny network of a real space: plain-data checkpoints rebuild it from these
+RONASMIS_META = {
+    "space": "ronasmis",
+    "space_options": {"base_channels": 2, "depth": 2, "layers_per_stage": 1},
+    "arch": {"format": "nas3d-arch-1", "space": "ronasmis",
+             "arch": {"ops": ["conv3x3x3", "conv3x3x3", "conv3x3x3"], "skips": [0, 0, 0]}},
+    "in_channels": 1,
+}
+
+
 def _trained_checkpoint(tmp_path):
     from nas3d_fast.inference.checkpoint import InferSettings, build_network
     from nas3d_fast.train.checkpoint import write_inference_checkpoint
 
-    meta = {"space": "ronasmis", "space_options": {"base_channels": 2, "depth": 2, "layers_per_stage": 1},
-            "arch": {"format": "nas3d-arch-1", "space": "ronasmis",
-                     "arch": {"ops": ["conv3x3x3", "conv3x3x3", "conv3x3x3"], "skips": [0, 0, 0]}},
-            "in_channels": 1, "num_classes": 2}
+    meta = {**RONASMIS_META, "num_classes": 2}
     torch.manual_seed(0)
     model = build_network(meta).eval()
     path = str(tmp_path / "best.pt")
@@ -281,10 +288,7 @@ def test_infer_applies_the_training_crop_spacing_and_intensity_and_writes_on_the
     from nas3d_fast.inference.checkpoint import InferSettings, build_network
     from nas3d_fast.train.checkpoint import write_inference_checkpoint
 
-    meta = {"space": "ronasmis", "space_options": {"base_channels": 2, "depth": 2, "layers_per_stage": 1},
-            "arch": {"format": "nas3d-arch-1", "space": "ronasmis",
-                     "arch": {"ops": ["conv3x3x3", "conv3x3x3", "conv3x3x3"], "skips": [0, 0, 0]}},
-            "in_channels": 1, "num_classes": 3}
+    meta = {**RONASMIS_META, "num_classes": 3}
     torch.manual_seed(0)
     model = build_network(meta).eval()
     pre = {"spacing": [1.5, 1.5, 1.5], "intensity": {"kind": "zscore", "nonzero": True}, "crop_nonzero": True}

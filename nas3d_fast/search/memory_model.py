@@ -58,8 +58,13 @@ class PredictedMemory:
         self.params = np.asarray(params, dtype=np.float64)
         self.resample = [RESAMPLE_KINDS.index(int(r)) for r in resample]
         self.num_ops = self.params.shape[1]
-        self.coef = None if coef is None else np.asarray(coef, dtype=np.float64)
+        self._set_coef(coef)
         self.fit_stats = dict(fit or {})
+
+    def _set_coef(self, coef) -> None:
+        self.coef = None if coef is None else np.asarray(coef, dtype=np.float64)
+        # (E, O) modelled bytes per active (edge, op): what every architecture step's expectation weights
+        self._cost = None if coef is None else self._edge_features() @ self.coef
 
     # -- the features --------------------------------------------------------------------------------
 
@@ -94,7 +99,7 @@ class PredictedMemory:
         y = np.asarray(peaks, dtype=np.float64)
         scale = np.maximum(np.abs(X).max(0), 1e-30)  # columns of comparable size for the solver
         coef, _ = nnls(X / scale, y)
-        self.coef = coef / scale
+        self._set_coef(coef / scale)
         errors = []
         for i in range(len(y)):
             keep = np.arange(len(y)) != i
@@ -116,7 +121,7 @@ class PredictedMemory:
     def expected(self, path_probs: torch.Tensor, op_weights: torch.Tensor, full: bool = False) -> torch.Tensor:
         """Modelled peak (bytes) of the expected network: ``path_probs`` (L, E) edge probabilities (MONAI's
         ``get_prob_a``; ones with ``full``), ``op_weights`` (L, E, O) (the ops' softmax). Differentiable."""
-        feats = torch.as_tensor(self._edge_features() @ self.coef, dtype=op_weights.dtype, device=op_weights.device)
+        feats = torch.as_tensor(self._cost, dtype=op_weights.dtype, device=op_weights.device)
         p = torch.ones_like(path_probs) if full else path_probs
         return float(self.coef[0]) + (p * (op_weights * feats).sum(-1)).sum()
 
