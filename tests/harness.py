@@ -42,6 +42,17 @@ class OpSpec:
     opchecks(device) -> list of (op overload packet, args tuple) for torch.library.opcheck; the
         backend's registered ops, e.g. [(torch.ops.nas3d.my_op, (x, 2.0))].
     bad_inputs(device) -> list of (id, inputs dict, exception type, message regex).
+    precision_model(inputs, dtype, slack=False) -> tuple of outputs, or None: for an op whose compiled
+        kernels, by a documented design choice, compute something other than the exact result (axial
+        attention's backward forms delta from the stored output), a differentiable float64 model of
+        what they compute from the float64 ``inputs`` at ``dtype``: its gradients are the model's; with
+        slack=True they are instead the documented bound on the rounding the model leaves out (>= 0).
+        Only the op fuzz (tests/fuzz_ops.py) uses it: a result that misses the reference passes if it
+        meets the model within the usual bound plus that slack.
+    valid_range(inputs) -> bool, or None: False when the inputs lie outside the op's documented numeric
+        range (magnitudes whose products overflow the accumulation type, where the result depends on
+        each backend's summation order). The op fuzz then checks only that every backend returns or
+        refuses clearly like the reference, without a crash; nothing else uses it.
     """
 
     name: str
@@ -55,6 +66,26 @@ class OpSpec:
     opchecks: dict[str, Callable] = field(default_factory=dict)
     bad_inputs: Callable[[str], list] = lambda device: []
     tolerances: dict = field(default_factory=lambda: dict(TOLERANCES))
+    precision_model: Callable[..., tuple] | None = None
+    valid_range: Callable[[dict], bool] | None = None
+
+
+def finite_magnitude(tensors) -> float:
+    """The largest |value| among the finite elements of ``tensors`` (0.0 for none): what a valid_range
+    compares, so that NaN/Inf inputs (judged by the ops' IEEE rules) are not taken for out of range."""
+    top = 0.0
+    for t in tensors:
+        t = t.detach()
+        if t.is_floating_point() and t.numel():
+            finite = t[t.isfinite()]
+            if finite.numel():
+                top = max(top, finite.abs().max().double().item())
+    return top
+
+
+def accumulation_max(dtype: torch.dtype) -> float:
+    """finfo.max of the type the kernels accumulate ``dtype`` in (float32; float64 for float64)."""
+    return torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).max
 
 
 @contextlib.contextmanager

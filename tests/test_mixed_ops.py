@@ -3,9 +3,12 @@ backend against the reference through the op harness, plus the properties the ha
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
-from harness import OpSpec, OpTests, forced_backend
+from harness import OpSpec, OpTests, accumulation_max, finite_magnitude, forced_backend
 
 import nas3d_fast
 from nas3d_fast import ops
@@ -86,6 +89,19 @@ def ws_bad(device):
     ]
 
 
+def sum_valid_range(inputs, grad_bound=8.0):
+    """OpSpec.valid_range of weighted_sum and kernel_merge, as their docstrings state it: max(K, n) *
+    max(1, W) * M * G <= finfo(acc).max, with n the elements of one tensor, W and M the largest finite
+    magnitudes of the weights and of the other tensors, G that of grad (the fuzz's cotangents: standard
+    normal, < grad_bound). Beyond it a float32 (float64) partial sum such as <grad, x> may overflow, to
+    +inf, -inf or NaN by each backend's summation order."""
+    tensors = [t for n, t in inputs.items() if n != "weights" and torch.is_tensor(t)]
+    n = max((t.numel() for t in tensors), default=0)
+    W, M = finite_magnitude([inputs["weights"]]), finite_magnitude(tensors)
+    bound = max(len(tensors), n) * max(1.0, W) * M * max(1.0, grad_bound)
+    return bound <= accumulation_max(inputs["weights"].dtype)
+
+
 class TestWeightedSum(OpTests):
     spec = OpSpec(
         name="weighted_sum",
@@ -95,6 +111,7 @@ class TestWeightedSum(OpTests):
         float_outputs=(0,),
         opchecks={"cpu": ws_opchecks, "cuda": ws_opchecks},
         bad_inputs=ws_bad,
+        valid_range=sum_valid_range,
     )
 
 
@@ -153,6 +170,7 @@ class TestKernelMerge(OpTests):
         float_outputs=(0,),
         opchecks={"cpu": km_opchecks, "cuda": km_opchecks},
         bad_inputs=km_bad,
+        valid_range=sum_valid_range,
     )
 
 
@@ -365,6 +383,43 @@ def test_depthwise_conv_skips_out_of_volume_taps(backend):
     torch.testing.assert_close(out.cpu(), want.detach(), equal_nan=True)
     torch.testing.assert_close(dx.cpu(), want_dx, equal_nan=True)
     torch.testing.assert_close(dw.cpu(), want_dw, equal_nan=True)
+
+
+_HUGE_DILATION = """
+import torch, nas3d_fast
+from nas3d_fast import ops
+nas3d_fast.set_backend({backend!r})
+g = torch.Generator().manual_seed(0)
+x = torch.randn(2, 3, 5, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+w = torch.randn(3, 1, 3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+for s in (1, 2):
+    want = ops.depthwise_conv3(x, w, s, 7)  # the largest size: only the centre tap inside
+    cot = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    want_g = torch.autograd.grad(want, (x, w), cot)
+    for r in (8, 2**31, 2**62 - 1, 2**63 - 2, 2**63 - 1):
+        out = ops.depthwise_conv3(x, w, s, r)
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
+        for a, b in zip(torch.autograd.grad(out, (x, w), cot), want_g):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        if {backend!r} == "cpu":  # the registered op itself, called directly
+            got = torch.ops.nas3d.depthwise_conv3(x.detach(), w.detach(), s, r)
+            torch.testing.assert_close(got, want.detach(), rtol=0, atol=0)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_depthwise_conv_any_dilation(backend):
+    """Issue 27 (fuzz): a dilation near 2**63 overflowed the cpu kernel's tap range (o * s + r wrapped)
+    and it wrote in front of its output rows (a segfault); the reference raised torch's padding error
+    naming no argument. Any dilation >= the largest spatial size gives the centre tap only, as that
+    size does, on every backend. In a subprocess: the old failure is a crash."""
+    if not nas3d_fast.backends()[backend].usable:
+        pytest.skip(nas3d_fast.backends()[backend].reason)
+    run = subprocess.run(
+        [sys.executable, "-c", _HUGE_DILATION.format(backend=backend)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), (run.returncode, run.stderr[-3000:])
 
 
 @pytest.mark.parametrize("op", ["max_pool3", "depthwise_conv3", "weighted_sum"])

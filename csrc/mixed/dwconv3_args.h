@@ -3,6 +3,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "../common/checks.h"
@@ -35,6 +36,16 @@ inline void check_args(const at::Tensor& x, const at::Tensor& weight, int64_t st
   TORCH_CHECK_VALUE(dilation >= 1, "depthwise_conv3: dilation must be >= 1, got ", dilation);
   for (int d = 2; d < 5; ++d)
     TORCH_CHECK_VALUE(x.size(d) > 0, "depthwise_conv3: x must have non-empty spatial sizes, got ", x.sizes());
+}
+
+// The dilation the kernels run with: a dilation >= every spatial size leaves only the centre tap inside
+// the volume, as that size does, so it is clamped to the largest size. The index arithmetic (src, dst,
+// tap_range: o * s +- r, -off + s - 1) then stays far from int64 overflow: with r near 2^63 it wrapped,
+// and tap_range's lower bound went negative (writes in front of every output row; issue 27).
+inline int64_t effective_dilation(at::IntArrayRef x, int64_t dilation) {
+  int64_t largest = 1;
+  for (int d = 2; d < 5; ++d) largest = std::max(largest, x[d]);
+  return std::min(dilation, largest);
 }
 
 }  // namespace dwconv3

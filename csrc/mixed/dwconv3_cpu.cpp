@@ -24,6 +24,7 @@ constexpr bool kRowPath = std::is_same_v<T, float> || std::is_same_v<T, double>;
 
 at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight_in, int64_t s, int64_t r) {
   check_args(x_in, weight_in, s, r);
+  r = effective_dilation(x_in.sizes(), r);
   const at::Tensor x = x_in.contiguous();
   const at::Tensor weight = weight_in.contiguous();
   const auto z = Sizes::of(x.sizes(), s);
@@ -146,6 +147,7 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> backward_cpu(co
                                                 const at::Tensor& weight_in, int64_t s, int64_t r,
                                                 std::array<bool, 2> mask) {
   check_args(x_in, weight_in, s, r);
+  r = effective_dilation(x_in.sizes(), r);
   const at::Tensor x = x_in.contiguous();
   const at::Tensor weight = weight_in.contiguous();
   const at::Tensor grad = grad_in.contiguous();

@@ -70,6 +70,7 @@ __global__ void grad_weight_kernel(const scalar_t* __restrict__ grad, const scal
 
 at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& weight_in, int64_t s, int64_t r) {
   check_args(x_in, weight_in, s, r);
+  r = effective_dilation(x_in.sizes(), r);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const at::Tensor weight = weight_in.contiguous();
@@ -90,6 +91,7 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> backward_cuda(
     const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& weight_in, int64_t s, int64_t r,
     std::array<bool, 2> mask) {
   check_args(x_in, weight_in, s, r);
+  r = effective_dilation(x_in.sizes(), r);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const at::Tensor weight = weight_in.contiguous();

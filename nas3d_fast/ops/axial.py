@@ -53,6 +53,29 @@ def axial_attention(
     Returns:
         out: (B, C, X, Y, Z) contiguous, dtype of q; differentiable with respect to q, k, v and the
         relative embeddings.
+
+    Range: results are specified while 64 * max(1, |scale|) * D * L * M^2 * max(1, G) <=
+    finfo(acc).max, with M the largest magnitude among q, k, v and the embeddings, G that of grad_out
+    (for the backward) and acc float32 (float64 for float64 inputs): about M <= 2e17 in float32 for
+    D * L = 20; float16/bfloat16 inputs, accumulated in float32, always are. Beyond it products overflow
+    partial sums, in an order that differs between backends (and the reference): a logit may come out
+    inf or NaN (a NaN row), or -inf, when a partial sum overflowed first, and its key then gets
+    probability 0, a finite result off the exact one.
+
+    Precision of the gradients (every compiled backend; the reference is plain autograd): the
+    backward forms delta_i = g_i . out_i from the output as stored (FlashAttention's choice), where
+    autograd through a softmax forms sum_j p_ij dp_ij. The two differ by e_i: the rounding of the
+    output to q's dtype, |e_i| <= u sum_d |g_id out_id| (u = 2^-11 float16, 2^-8 bfloat16; none for
+    float32/float64, stored as accumulated), plus that of the float32 (float64) sums, at most about
+    (D + L) u_acc sum_d |g_id| (|out_id| + sum_j p_ij |v_jd + rel_v[r]_d|). Then ds_ij = p_ij (dp_ij -
+    delta_i) is off by p_ij e_i, so dq_i by up to scale * sum_j p_ij |e_i| (|k_j| + |rel_q[r]|), dk_j by
+    scale * sum_i p_ij |e_i| (|q_i| + |rel_k[r]|), drel_q[r] and drel_k[r] by the same sums over the
+    pairs at offset r times |q_i| and |k_j|; dv, drel_v and the output are unaffected. Relative to a
+    gradient's size, scale |g| |out| |q|, that is u; it dominates only where the exact gradient cancels,
+    a saturated softmax (p_ij nearly one-hot, ds ~ 0) with a large |q| or |k|: in float16 a q element
+    of 1e4 makes dk err by 0.95 on entries of ~1.9 (torch's autograd: 0.001), in float32 by 3e-4
+    (Triton; torch: 3e-7). delta = sum_j p_ij dp_ij would remove it, at the cost of a second pass over
+    the keys in the GPU kernels' backward.
     """
     check_tensor(q, "q", dim=5)
     for name, t in (("k", k), ("v", v)):

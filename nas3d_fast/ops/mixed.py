@@ -52,6 +52,14 @@ def weighted_sum(xs: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Ten
     Returns:
         A contiguous tensor of xs[0]'s shape. Gradients: xs[k] gets weights[k] * grad; weights[k] gets
         <grad, xs[k]>, all K reduced in one pass over grad (deterministically: fixed blocks, fixed order).
+        float16/bfloat16 compute in float32 and round once (the reference too), so a weight gradient
+        is infinite only where the float32 sum overflows the dtype, never NaN from products of finite
+        values that overflow.
+
+    Range: results are specified while max(K, n) * max(1, W) * M * max(1, G) <= finfo(acc).max, with n
+    the elements of one tensor, W, M and G the largest magnitudes of weights, xs and grad, acc float32
+    (float64 for float64 inputs). Beyond it a partial sum overflows, to +inf, -inf or NaN depending on
+    each backend's summation order.
     """
     xs = list(xs)
     if not xs:
@@ -111,7 +119,11 @@ def kernel_merge(
 
     Returns:
         (O, I, *size): one convolution with it equals the weighted sum of the K convolutions with
-        "same" padding. Differentiable in kernels and weights.
+        "same" padding. Differentiable in kernels and weights. A weight multiplies only its own
+        kernel's taps (the padding is not a product: an infinite weight gives no NaN where its kernel
+        does not reach), and float16/bfloat16 sum in float32, rounded once, on every backend.
+
+    Range: as weighted_sum's, with n the elements of the merged kernel and M that of the kernels.
     """
     kernels = list(kernels)
     if not kernels:
@@ -194,7 +206,8 @@ def depthwise_conv3(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, dila
 
     Args:
         x: (N, C, X, Y, Z) floating. weight: (C, 1, 3, 3, 3), x's dtype and device.
-        stride: 1 or 2. dilation: >= 1.
+        stride: 1 or 2. dilation: >= 1 (any size: one at least the largest spatial size gives the
+            centre tap only, like that size).
     """
     _check_pool_args(x, stride)
     check_tensor(weight, "weight", dim=5)
@@ -203,6 +216,11 @@ def depthwise_conv3(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, dila
     _check_same([weight], "weight", x, "x", shape=False)
     if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
         raise ValueError(f"dilation must be an int >= 1, got {dilation!r}")
+    # A dilation >= every spatial size leaves only the centre tap inside the volume (the others are
+    # skipped), as that size does: clamped, so that no backend's index arithmetic (o * stride +
+    # dilation) overflows 64 bits and F.conv3d's padding stays small (issue 27; the C++ entry points
+    # clamp too, dwconv3_args.h).
+    dilation = min(dilation, max(1, *x.shape[2:]))
     backend = dispatch.choose("depthwise_conv3", x.device, CUDA_ORDER)
     if backend == "reference":
         return reference.depthwise_conv3(x, weight, stride, dilation)

@@ -8,20 +8,29 @@ import torch.nn.functional as F
 
 
 def weighted_sum(xs: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
-    """sum_k weights[k] * xs[k]."""
+    """sum_k weights[k] * xs[k]; float16/bfloat16 computed in float32 and rounded once, as the kernels
+    do (products such as grad * x of a weight gradient then overflow only where the float32 sum does)."""
+    dtype = xs[0].dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        return weighted_sum([x.float() for x in xs], weights.float()).to(dtype)
     return sum(w * x for w, x in zip(weights.unbind(0), xs))
 
 
 def kernel_merge(kernels: list[torch.Tensor], weights: torch.Tensor, size=(3, 3, 3)) -> torch.Tensor:
-    """sum_k weights[k] * kernels[k] zero-padded (centred) from (O, I, k0, k1, k2) to (O, I, *size)."""
-    padded = []
-    for k in kernels:
+    """sum_k weights[k] * kernels[k] zero-padded (centred) from (O, I, k0, k1, k2) to (O, I, *size).
+    A weight multiplies its kernel's own taps only, as in the kernels: the padding is added after the
+    product (so an infinite weight gives NaN nowhere that its kernel does not reach)."""
+    dtype = kernels[0].dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        return kernel_merge([k.float() for k in kernels], weights.float(), size).to(dtype)
+    out = 0
+    for w, k in zip(weights.unbind(0), kernels):
         pad = []
         for d in (2, 1, 0):  # F.pad lists the last dimension first
             extra = (size[d] - k.shape[2 + d]) // 2
             pad += [extra, extra]
-        padded.append(F.pad(k, pad))
-    return weighted_sum(padded, weights)
+        out = out + F.pad(w * k, pad)
+    return out
 
 
 def _windows(x: torch.Tensor, stride: int, value: float) -> torch.Tensor:

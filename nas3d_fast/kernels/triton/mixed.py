@@ -708,8 +708,10 @@ def _dwconv_grad_weight_kernel(
 
 @triton_op("nas3d::depthwise_conv3_triton", mutates_args=())
 def depthwise_conv3_triton(x: torch.Tensor, weight: torch.Tensor, stride: int, dilation: int) -> torch.Tensor:
-    """F.conv3d(x, weight, stride=stride, padding=dilation, dilation=dilation, groups=C)."""
+    """F.conv3d(x, weight, stride=stride, padding=dilation, dilation=dilation, groups=C), out-of-volume
+    taps skipped (nas3d_fast.ops.depthwise_conv3)."""
     x, weight = x.contiguous(), weight.contiguous()
+    dilation = min(dilation, max(1, *x.shape[2:]))  # the same result; no int64 overflow (dwconv3_args.h)
     out = torch.empty(_pooled(x.shape, stride), dtype=x.dtype, device=x.device)
     if out.numel() > 0:
         wrap_triton(_dwconv_kernel)[_grid(out.numel())](
@@ -734,6 +736,7 @@ def depthwise_conv3_grad_input_triton(
 ) -> torch.Tensor:
     """The input gradient of depthwise_conv3, gathered."""
     grad, weight = grad.contiguous(), weight.contiguous()
+    dilation = min(dilation, max(1, *input_size[2:]))
     dx = torch.empty(input_size, dtype=grad.dtype, device=grad.device)
     if dx.numel() > 0:
         wrap_triton(_dwconv_grad_input_kernel)[_grid(dx.numel())](
@@ -757,6 +760,7 @@ def depthwise_conv3_grad_weight_triton(grad: torch.Tensor, x: torch.Tensor, stri
     """(C, 1, 3, 3, 3) weight gradient of depthwise_conv3: per (channel, tap) partials over CHUNK outputs,
     then the partials in order (float64)."""
     grad, x = grad.contiguous(), x.contiguous()
+    dilation = min(dilation, max(1, *x.shape[2:]))
     N, C = x.shape[:2]
     M = N * grad.shape[2:].numel()
     chunks = triton.cdiv(M, CHUNK)
