@@ -3,6 +3,14 @@
 #                 Dice/NSD, demo_out/prediction.nii.gz, slices.png, summary.json (DEMO_ARGS: more knobs)
 #   make test     install what is needed, build the extension, run the tests
 #   make bench    the pytest-benchmark suites        make wheel   a wheel in dist/
+#   make fuzz     the op fuzz suite (tests/test_fuzz_ops.py, also part of `make test` with 12 examples per op
+#                 and backend) run longer: FUZZ_EXAMPLES per op and backend (default 200, about 7,000 cases
+#                 in all), FUZZ_SEED picks other cases (default 1; CI runs seed 0)
+#   make asan     the C++ CPU kernels under AddressSanitizer: a debug build (-O1 -g -fsanitize=address,
+#                 NAS3D_SANITIZE=address in setup.py) into build/asan, away from the normal extension, loaded
+#                 through a copy of the package made of links (build/asan/pkg, first on PYTHONPATH); then the
+#                 op tests and the fuzz suite with gcc's libasan (and libstdc++) preloaded (detect_leaks=0, as
+#                 Python itself leaks). Reports go to build/asan/report.<pid>; any report fails the target.
 # Build knobs (environment): FORCE_CPU=1 skips the CUDA kernels, FORCE_CUDA=1 requires them,
 # TORCH_CUDA_ARCH_LIST="7.5;8.0;9.0" picks GPU architectures, MAX_JOBS=N parallel compile jobs.
 
@@ -17,7 +25,7 @@ export MAX_JOBS ?= 2
 
 SOURCES := $(shell find csrc python -name '*.cpp' -o -name '*.cu' -o -name '*.h' 2>/dev/null)
 
-.PHONY: install build test bench wheel demo clean
+.PHONY: install build test bench wheel demo clean fuzz asan
 
 $(VENV)/.deps: requirements/dev.txt
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -38,6 +46,30 @@ build: $(VENV)/.deps
 
 test: install
 	$(PY) -m pytest tests -q
+
+FUZZ_EXAMPLES ?= 200
+FUZZ_SEED     ?= 1
+fuzz: install
+	NAS3D_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) NAS3D_FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest tests/test_fuzz_ops.py -q
+
+ASAN_DIR   := build/asan
+# libstdc++ preloaded too: else ASan's __cxa_throw interceptor finds no real one (Python does not link
+# libstdc++) and the first C++ exception (in libtriton's import) aborts.
+ASAN_LIB   ?= $(shell gcc -print-file-name=libasan.so) $(shell gcc -print-file-name=libstdc++.so)
+ASAN_TESTS ?= tests/test_window.py tests/test_mixed_ops.py tests/test_axial.py tests/test_gumbel.py \
+              tests/test_sliding_window.py tests/test_mixed_edge.py tests/test_fuzz_ops.py
+ASAN_ENV   := LD_PRELOAD="$(ASAN_LIB)" ASAN_OPTIONS=detect_leaks=0:log_path=$(CURDIR)/$(ASAN_DIR)/report \
+              PYTHONPATH=$(CURDIR)/$(ASAN_DIR)/pkg NAS3D_FUZZ_TIMEOUT=600
+asan: $(VENV)/.deps
+	FORCE_CPU=1 NAS3D_SANITIZE=address $(PY) setup.py --quiet build_ext -b $(ASAN_DIR)/lib -t $(ASAN_DIR)/temp
+	rm -rf $(ASAN_DIR)/pkg $(ASAN_DIR)/report.* && mkdir -p $(ASAN_DIR)/pkg/nas3d_fast
+	for f in nas3d_fast/*; do case $$f in nas3d_fast/_C*.so) ;; *) ln -s $(CURDIR)/$$f $(ASAN_DIR)/pkg/$$f ;; esac; done
+	ln -s $(CURDIR)/$(ASAN_DIR)/lib/nas3d_fast/_C*.so $(ASAN_DIR)/pkg/nas3d_fast/
+	$(ASAN_ENV) $(PY) -P -c "import nas3d_fast._C as c; assert c.__file__.startswith('$(CURDIR)/$(ASAN_DIR)/'), c.__file__; print('asan build:', c.__file__)"
+	$(ASAN_ENV) $(PY) -P -m pytest $(ASAN_TESTS) -q -p no:cacheprovider; status=$$?; \
+	  reports=$$(ls $(ASAN_DIR)/report.* 2>/dev/null); \
+	  if [ -n "$$reports" ]; then echo "AddressSanitizer reports:"; cat $$reports; exit 1; fi; \
+	  echo "no AddressSanitizer report"; exit $$status
 
 bench: install
 	$(PY) -m pytest benchmarks -q --benchmark-columns=median,iqr,rounds --benchmark-sort=name

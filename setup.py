@@ -6,6 +6,9 @@ TORCH_CUDA_ARCH_LIST chooses the GPU architectures (e.g. "7.0" for V100 with CUD
 Build in place with:  pip install --no-build-isolation -e .
 NAS3D_METADATA_ONLY=1 installs the package without compiling (the Makefile then runs
 `setup.py build_ext --inplace`, which ninja keeps incremental).
+NAS3D_SANITIZE=address (or e.g. "address,undefined") compiles the C++ kernels for a sanitizer: -O1 -g,
+frame pointers, -fsanitize=...; CPU kernels only (with FORCE_CPU=1). `make asan` builds it into
+build/asan (build_ext -b/-t), away from the normal extension, and runs the op tests on it.
 """
 
 from __future__ import annotations
@@ -79,7 +82,14 @@ def extensions():
     # -fno-trapping-math lets GCC if-convert floating-point compares, which the pooling loops need
     # to vectorise; nothing here relies on floating-point exception flags.
     cxx = ["-O3", "-fno-trapping-math", "-fopenmp", "-fvisibility=hidden"]
+    link = ["-fopenmp"]
     macros = []
+    sanitize = os.environ.get("NAS3D_SANITIZE", "").strip()
+    if sanitize:
+        if with_cuda:
+            raise RuntimeError("NAS3D_SANITIZE instruments the CPU kernels only: set FORCE_CPU=1")
+        cxx = ["-O1", "-g", "-fno-omit-frame-pointer", f"-fsanitize={sanitize}", *cxx[1:]]
+        link = [f"-fsanitize={sanitize}", *link]
     if with_cuda:
         _default_cuda_arch_list()
         sources += _sources("csrc/**/*.cu")
@@ -99,9 +109,11 @@ def extensions():
             sources,
             define_macros=macros,
             extra_compile_args={"cxx": cxx},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link,
         )
-    print(f"nas3d_fast: building _C with {'CPU and CUDA' if with_cuda else 'CPU'} kernels ({len(sources)} sources)")
+    what = "CPU and CUDA" if with_cuda else "CPU"
+    extra = f", -fsanitize={sanitize}" if sanitize else ""
+    print(f"nas3d_fast: building _C with {what} kernels ({len(sources)} sources){extra}")
     return [ext]
 
 
