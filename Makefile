@@ -3,6 +3,10 @@
 #                 Dice/NSD, demo_out/prediction.nii.gz, slices.png, summary.json (DEMO_ARGS: more knobs)
 #   make test     install what is needed, build the extension, run the tests
 #   make bench    the pytest-benchmark suites        make wheel   a wheel in dist/
+#   make docs     the documentation site in build/docs (Sphinx, warnings are errors; the tutorials run
+#                 while it builds); requirements/docs.txt is installed into the venv on first use
+#   make docs-check   make docs, then the site opened in headless Chromium (Debian's chromium, installed
+#                 with apt-get where missing): tests/test_docs_browser.py, screenshots build/docs-*.png
 #   make fuzz     the op fuzz suite (tests/test_fuzz_ops.py, also part of `make test` with 12 examples per op
 #                 and backend) run longer: FUZZ_EXAMPLES per op and backend (default 200, about 7,000 cases
 #                 in all), FUZZ_SEED picks other cases (default 1; CI runs seed 0)
@@ -25,7 +29,7 @@ export MAX_JOBS ?= 2
 
 SOURCES := $(shell find csrc python -name '*.cpp' -o -name '*.cu' -o -name '*.h' 2>/dev/null)
 
-.PHONY: install build test bench wheel demo clean fuzz asan
+.PHONY: install build test bench wheel demo clean fuzz asan docs docs-check
 
 $(VENV)/.deps: requirements/dev.txt
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -70,6 +74,26 @@ asan: $(VENV)/.deps
 	  reports=$$(ls $(ASAN_DIR)/report.* 2>/dev/null); \
 	  if [ -n "$$reports" ]; then echo "AddressSanitizer reports:"; cat $$reports; exit 1; fi; \
 	  echo "no AddressSanitizer report"; exit $$status
+
+$(VENV)/.docs: $(VENV)/.deps requirements/docs.txt
+	$(PIP) install --quiet -r requirements/docs.txt
+	touch $@
+
+docs: install $(VENV)/.docs
+	$(PY) -m sphinx -W --keep-going -q -b html docs build/docs
+	@echo "docs: build/docs/index.html"
+
+CHROMIUM ?= /usr/bin/chromium
+docs-check: docs
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  echo "installing chromium (apt-get) for the browser check"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi; \
+	fi
+	test -x $(CHROMIUM) || { echo "$(CHROMIUM) is missing: the browser check cannot run"; exit 1; }
+	rm -f build/docs-*.png
+	NAS3D_CHROMIUM=$(CHROMIUM) $(PY) -m pytest tests/test_docs_browser.py -q -rs
+	test -s build/docs-index.png && test -s build/docs-tutorial.png
 
 bench: install
 	$(PY) -m pytest benchmarks -q --benchmark-columns=median,iqr,rounds --benchmark-sort=name
