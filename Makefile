@@ -12,7 +12,8 @@
 #                 in all), FUZZ_SEED picks other cases (default 1; CI runs seed 0)
 #   make asan     the C++ CPU kernels under AddressSanitizer: a debug build (-O1 -g -fsanitize=address,
 #                 NAS3D_SANITIZE=address in setup.py) into build/asan, away from the normal extension, loaded
-#                 through a copy of the package made of links (build/asan/pkg, first on PYTHONPATH); then the
+#                 through a copy of the package made of links (build/asan/pkg, first on PYTHONPATH, before the
+#                 checkout for benchmarks/); then the
 #                 op tests and the fuzz suite with gcc's libasan (and libstdc++) preloaded (detect_leaks=0, as
 #                 Python itself leaks). Reports go to build/asan/report.<pid>; any report fails the target.
 # Build knobs (environment): FORCE_CPU=1 skips the CUDA kernels, FORCE_CUDA=1 requires them,
@@ -63,7 +64,7 @@ ASAN_LIB   ?= $(shell gcc -print-file-name=libasan.so) $(shell gcc -print-file-n
 ASAN_TESTS ?= tests/test_window.py tests/test_mixed_ops.py tests/test_axial.py tests/test_gumbel.py \
               tests/test_sliding_window.py tests/test_mixed_edge.py tests/test_fuzz_ops.py
 ASAN_ENV   := LD_PRELOAD="$(ASAN_LIB)" ASAN_OPTIONS=detect_leaks=0:log_path=$(CURDIR)/$(ASAN_DIR)/report \
-              PYTHONPATH=$(CURDIR)/$(ASAN_DIR)/pkg NAS3D_FUZZ_TIMEOUT=600
+              PYTHONPATH=$(CURDIR)/$(ASAN_DIR)/pkg:$(CURDIR) NAS3D_FUZZ_TIMEOUT=600
 asan: $(VENV)/.deps
 	FORCE_CPU=1 NAS3D_SANITIZE=address $(PY) setup.py --quiet build_ext -b $(ASAN_DIR)/lib -t $(ASAN_DIR)/temp
 	rm -rf $(ASAN_DIR)/pkg $(ASAN_DIR)/report.* && mkdir -p $(ASAN_DIR)/pkg/nas3d_fast
