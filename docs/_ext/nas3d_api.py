@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 MODULES = {
     "nas3d_fast": "backends and their choice",
     "nas3d_fast.ops": "the fast ops (reference, cpu, cuda and triton backends)",
-    "nas3d_fast.nn": "modules on the ops: the supernet edge, axial attention",
+    "nas3d_fast.nn": "modules on the ops: the supernet edge, axial attention; export and ONNX",
     "nas3d_fast.spaces": "search spaces behind one interface",
     "nas3d_fast.search": "supernet searchers and the search loop",
     "nas3d_fast.profile": "training-step memory, measured and predicted",

@@ -46,6 +46,22 @@ def axial_attention(
 
     q, k, v: (B, C, X, Y, Z), C = num_heads * head_dim; rel_*: (2L-1, head_dim) or None. Returns out of
     q's shape, contiguous."""
+    return axial_attention_and_lse(q, k, v, axis, num_heads, scale, rel_q, rel_k, rel_v)[0]
+
+
+def axial_attention_and_lse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    axis: int,
+    num_heads: int,
+    scale: float,
+    rel_q: torch.Tensor | None = None,
+    rel_k: torch.Tensor | None = None,
+    rel_v: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """axial_attention and the log-sum-exp of each line's scaled logits, (B, heads, S1, S2, L) in float32
+    (float64 for float64 inputs): the two outputs of the nas3d::axial_attention op."""
     L = q.shape[axis]
     ql, kl, vl = (_lines(t, axis, num_heads) for t in (q, k, v))  # (B, h, S1, S2, L, D)
     s = ql @ kl.transpose(-1, -2)
@@ -53,8 +69,10 @@ def axial_attention(
         s = s + torch.einsum("...id,ijd->...ij", ql, relative_table(rel_q, L))
     if rel_k is not None:
         s = s + torch.einsum("...jd,ijd->...ij", kl, relative_table(rel_k, L))
-    p = torch.softmax(s * scale, dim=-1)
+    s = s * scale
+    p = torch.softmax(s, dim=-1)
     out = p @ vl
     if rel_v is not None:
         out = out + torch.einsum("...ij,ijd->...id", p, relative_table(rel_v, L))
-    return _unlines(out, axis, q.shape)
+    lse = torch.logsumexp(s.to(torch.float64 if q.dtype == torch.float64 else torch.float32), dim=-1)
+    return _unlines(out, axis, q.shape), lse
