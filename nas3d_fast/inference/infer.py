@@ -107,8 +107,8 @@ def predict_volume(
         overlap=ov,
         mode=settings.mode,
         progress=progress,
-        output="probs" if prepared is not None and resample_probabilities else "labels",
-        tta_flips=settings.tta_flips if tta else (),
+        nas3d_output="probs" if prepared is not None and resample_probabilities else "labels",
+        nas3d_tta_flips=settings.tta_flips if tta else (),
     )
     if prepared is None:
         return result[0, 0].cpu().numpy().astype(np.int64)
