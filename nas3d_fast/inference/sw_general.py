@@ -23,14 +23,15 @@ _NEAREST = "nearest-exact"  # how MONAI resizes the importance map to an output 
 
 def split_outputs(out) -> tuple[Callable, tuple]:
     """A predictor's result as (rebuild, parts): parts are the tensors in MONAI's order (a dict's values by
-    sorted key); rebuild(parts) gives the same kind back (tensor, tuple or dict)."""
+    sorted key); rebuild(parts) gives the same kind back (tensor, tuple or dict; a tuple or list of one tensor
+    gives that tensor)."""
     if isinstance(out, torch.Tensor):
         return (lambda parts: parts[0]), (out,)
     if isinstance(out, Mapping):
         keys = sorted(out.keys())
         return (lambda parts: dict(zip(keys, parts))), tuple(out[k] for k in keys)
-    if isinstance(out, (list, tuple)):
-        return (lambda parts: tuple(parts)), tuple(out)
+    if isinstance(out, (list, tuple)):  # one tensor in a tuple or list comes back alone, as MONAI's
+        return (lambda parts: parts[0] if len(parts) == 1 else tuple(parts)), tuple(out)
     raise ValueError(f"predictor must return a tensor, a tuple/list of tensors or a dict of tensors, got "
                      f"{type(out).__name__}")
 
