@@ -13,11 +13,12 @@ from .sliding_window import sliding_window_inference
 
 class SlidingWindowInferer:
     """Drop-in for ``monai.inferers.SlidingWindowInferer``: the same constructor arguments, defaults and
-    meaning, and ``inferer(inputs, network, *args, **kwargs)`` returns what MONAI's returns.
+    meaning, and ``inferer(inputs, network, *args, **kwargs)`` returns what MONAI's returns. ``roi_size``,
+    ``sw_batch_size``, ``overlap``, ``mode``, ``sigma_scale``, ``padding_mode``, ``cval``, ``sw_device``,
+    ``device``, ``progress``, ``buffer_steps``, ``buffer_dim`` and ``with_coord`` mean what they mean to
+    `sliding_window_inference` (and MONAI's).
 
     Args:
-        roi_size, sw_batch_size, overlap, mode, sigma_scale, padding_mode, cval, sw_device, device,
-            progress, buffer_steps, buffer_dim, with_coord: as `sliding_window_inference` (MONAI's).
         cache_roi_weight_map: compute the importance map (float32, on ``device`` or the CPU) once here, for
             a roi_size given as a sequence of positive ints (else a warning, as MONAI's).
         cpu_thresh: stitch on the CPU when ``device`` is None and the image has more voxels than this.
