@@ -4,14 +4,14 @@ arguments (``monai.inferers.sliding_window_inference``).
 - ``cheap_gaussian``: (1, 1, 192, 192, 160), roi 96^3, sw_batch_size 4, overlap 0.5, gaussian, a
   predictor that only repeats the input to 3 channels: the cost of the inference machinery itself.
 - ``labels_large``: (1, 1, 384, 384, 256), the same cheap 3-class predictor, label map out (MONAI: its
-  output, then argmax over channels, device="cpu"; nas3d: output="labels", streamed slab by slab).
+  output, then argmax over channels, device="cpu"; nas3d: nas3d_output="labels", streamed slab by slab).
 - ``unet``: MONAI's UNet(3, 1 -> 3, channels (8, 16, 32, 64), strides (2, 2, 2), num_res_units=1) in
   eval mode under no_grad, (1, 1, 192, 192, 160), gaussian, overlap 0.5.
 - ``cheap_predictor_only`` (a diagnostic, not a result): the cheap predictor alone on the windows of
   ``cheap_gaussian`` (27 windows in batches of 4), with no gathering or stitching. MONAI's time over
   its time, ``cheap_gaussian.speedup_ceiling``, bounds what any inference machinery can reach with
   that predictor on the machine.
-- ``unet_reuse``: the ``unet`` case with ``reuse_freed_pages=True`` (not a MONAI argument: nas3d's
+- ``unet_reuse``: the ``unet`` case with ``nas3d_reuse_freed_pages=True`` (not a MONAI argument: nas3d's
   opt-in trade of peak memory for speed), against the same MONAI call.
 MONAI is a benchmark dependency (the ``bench`` extra); without it the MONAI cases are skipped.
 """
@@ -62,14 +62,14 @@ def _make(side: str, case: str):
         if case == "labels_large":
             x = _input((1, 1, 384, 384, 256), device)
             if side == "nas3d":
-                return lambda: sliding_window_inference(x, ROI, SW_BATCH, _cheap, output="labels")
+                return lambda: sliding_window_inference(x, ROI, SW_BATCH, _cheap, nas3d_output="labels")
             return lambda: monai_swi(x, ROI, SW_BATCH, _cheap, device="cpu").argmax(dim=1)
         x = _input((1, 1, 192, 192, 160), device)
         predictor = _cheap if case == "cheap_gaussian" else _unet(device)
         kw = dict(overlap=0.5, mode="gaussian")
         if side == "nas3d":
             reuse = case == "unet_reuse"
-            return lambda: sliding_window_inference(x, ROI, SW_BATCH, predictor, reuse_freed_pages=reuse, **kw)
+            return lambda: sliding_window_inference(x, ROI, SW_BATCH, predictor, nas3d_reuse_freed_pages=reuse, **kw)
         return lambda: monai_swi(x, ROI, SW_BATCH, predictor, **kw)
 
     return build

@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             model,
             overlap=0.5,
             mode="gaussian",
-            output="labels",
+            nas3d_output="labels",
             progress=not args.quiet,
         )[0, 0].numpy()
     pred = nd.restore_labels(labels, prepared.meta).astype(np.uint8)

@@ -72,16 +72,18 @@ def test_sliding_window_uses_it_only_when_asked(monkeypatch):
     off_again = sliding_window_inference(x, (24, 24, 24), 3, predictor, overlap=0.5, mode="gaussian")
     assert libc.calls == []
     monkeypatch.undo()
-    on = sliding_window_inference(x, (24, 24, 24), 3, predictor, overlap=0.5, mode="gaussian", reuse_freed_pages=True)
+    on = sliding_window_inference(x, (24, 24, 24), 3, predictor, overlap=0.5, mode="gaussian",
+                                  nas3d_reuse_freed_pages=True)
     assert torch.equal(on, off) and torch.equal(off_again, off)
     monkeypatch.setattr(heap, "_libc", libc)
-    sliding_window_inference(x, (24, 24, 24), 3, predictor, reuse_freed_pages=True)
+    sliding_window_inference(x, (24, 24, 24), 3, predictor, nas3d_reuse_freed_pages=True)
     assert [c[0] for c in libc.calls] == ["mallopt", "mallopt", "mallopt", "mallopt", "malloc_trim"]
-    labels = sliding_window_inference(x, (24, 24, 24), 3, predictor, output="labels", reuse_freed_pages=True)
+    labels = sliding_window_inference(x, (24, 24, 24), 3, predictor, nas3d_output="labels",
+                                      nas3d_reuse_freed_pages=True)
     assert len(libc.calls) == 5, "the streamed path (bounded memory) must not use it"
     assert labels.shape == (1, 1, 40, 36, 30)
 
 
 def test_sliding_window_rejects_a_non_bool():
-    with pytest.raises(ValueError, match="reuse_freed_pages must be True or False"):
-        sliding_window_inference(torch.zeros(1, 1, 8, 8, 8), 4, 1, lambda t: t, reuse_freed_pages="yes")
+    with pytest.raises(ValueError, match="nas3d_reuse_freed_pages must be True or False"):
+        sliding_window_inference(torch.zeros(1, 1, 8, 8, 8), 4, 1, lambda t: t, nas3d_reuse_freed_pages="yes")

@@ -73,7 +73,7 @@ def test_fewer_spatial_axes_match_monai(dims):
     want = monai_inferers.sliding_window_inference(x, roi, 4, pred, overlap=0.4, mode="gaussian")
     got = sliding_window_inference(x, roi, 4, pred, overlap=0.4, mode="gaussian")
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    labels = sliding_window_inference(x, roi, 4, pred, overlap=0.4, mode="gaussian", output="labels")
+    labels = sliding_window_inference(x, roi, 4, pred, overlap=0.4, mode="gaussian", nas3d_output="labels")
     assert labels.shape == (shape[0], 1, *shape[2:])
     assert torch.equal(labels[:, 0].long(), want.argmax(1))
 
@@ -102,8 +102,9 @@ def test_backends_match_monai_and_repeat_bit_identical(backend, device):
         torch.testing.assert_close(first.cpu(), want, rtol=1e-5, atol=1e-6)
         for _ in range(2):
             assert torch.equal(sliding_window_inference(x, roi, 3, pred, overlap=0.5, mode="gaussian"), first)
-        labels = sliding_window_inference(x, roi, 3, pred, overlap=0.5, mode="gaussian", output="labels")
-        assert torch.equal(sliding_window_inference(x, roi, 3, pred, overlap=0.5, mode="gaussian", output="labels"), labels)
+        labels = sliding_window_inference(x, roi, 3, pred, overlap=0.5, mode="gaussian", nas3d_output="labels")
+        again = sliding_window_inference(x, roi, 3, pred, overlap=0.5, mode="gaussian", nas3d_output="labels")
+        assert torch.equal(again, labels)
 
 
 @pytest.mark.parametrize("mode", ["constant", "gaussian"])
@@ -118,9 +119,9 @@ def test_backends_match_monai_and_repeat_bit_identical(backend, device):
 def test_streaming_labels_equal_argmax_of_probs(mode, shape, roi, overlap, sw):
     x = _volume(shape)
     pred = conv_predictor(1, c_out=4)
-    probs = sliding_window_inference(x, roi, sw, pred, overlap=overlap, mode=mode, output="probs")
+    probs = sliding_window_inference(x, roi, sw, pred, overlap=overlap, mode=mode, nas3d_output="probs")
     torch.testing.assert_close(probs.sum(1), torch.ones_like(probs[:, 0]))
-    labels = sliding_window_inference(x, roi, sw, pred, overlap=overlap, mode=mode, output="labels")
+    labels = sliding_window_inference(x, roi, sw, pred, overlap=overlap, mode=mode, nas3d_output="labels")
     assert labels.dtype == torch.uint8 and labels.shape == (shape[0], 1, *shape[2:])
     assert torch.equal(labels[:, 0].long(), probs.argmax(1))
 
@@ -129,9 +130,9 @@ def test_streaming_labels_equal_argmax_of_probs(mode, shape, roi, overlap, sw):
 def test_streaming_with_max_memory_matches_whole_volume(output):
     x = _volume((2, 1, 23, 30, 41))
     pred = conv_predictor(1)
-    kw = dict(overlap=(0.5, 0.25, 0.6), mode="gaussian", output=output)
+    kw = dict(overlap=(0.5, 0.25, 0.6), mode="gaussian", nas3d_output=output)
     whole = sliding_window_inference(x, (10, 12, 16), 4, pred, **kw)
-    streamed = sliding_window_inference(x, (10, 12, 16), 4, pred, max_memory=1 << 30, **kw)
+    streamed = sliding_window_inference(x, (10, 12, 16), 4, pred, nas3d_max_memory=1 << 30, **kw)
     torch.testing.assert_close(streamed, whole, rtol=1e-5, atol=1e-6)
 
 
@@ -139,17 +140,18 @@ def test_streaming_with_max_memory_matches_whole_volume(output):
 def test_float16_accumulation_of_probabilities(streamed):
     x = _volume((1, 1, 20, 24, 28))
     pred = conv_predictor(1)
-    kw = dict(overlap=0.5, mode="gaussian", output="probs")
+    kw = dict(overlap=0.5, mode="gaussian", nas3d_output="probs")
     full = sliding_window_inference(x, 12, 4, pred, **kw)
-    half = sliding_window_inference(x, 12, 4, pred, accumulate_dtype=torch.float16, max_memory=(1 << 30) if streamed else None, **kw)
+    half = sliding_window_inference(x, 12, 4, pred, nas3d_accumulate_dtype=torch.float16,
+                                    nas3d_max_memory=(1 << 30) if streamed else None, **kw)
     assert half.dtype == torch.float16
     torch.testing.assert_close(half.float(), full, rtol=0, atol=3e-3)
 
 
 def test_max_memory_too_small_is_refused():
     x = _volume((1, 1, 20, 20, 20))
-    with pytest.raises(ValueError, match="max_memory=1000 bytes is too small"):
-        sliding_window_inference(x, 8, 2, conv_predictor(1), output="labels", max_memory=1000)
+    with pytest.raises(ValueError, match="nas3d_max_memory=1000 bytes is too small"):
+        sliding_window_inference(x, 8, 2, conv_predictor(1), nas3d_output="labels", nas3d_max_memory=1000)
 
 
 def test_labels_int16_for_many_classes():
@@ -159,7 +161,7 @@ def test_labels_int16_for_many_classes():
     def pred(t):
         return torch.einsum("oc,nc...->no...", weights, t)
 
-    labels = sliding_window_inference(x, 8, 2, pred, overlap=0.5, output="labels")
+    labels = sliding_window_inference(x, 8, 2, pred, overlap=0.5, nas3d_output="labels")
     assert labels.dtype == torch.int16
     raw = sliding_window_inference(x, 8, 2, pred, overlap=0.5)
     assert torch.equal(labels[:, 0].long(), raw.argmax(1))
@@ -176,12 +178,12 @@ def test_tta_flips_average_mirrored_predictions():
     def symmetric(t):  # what averaging over a flip of the last axis gives
         return t * (ramp + ramp.flip(0)) / 2
 
-    got = sliding_window_inference(x, roi, 3, pred, overlap=0.5, tta_flips=(2,))
+    got = sliding_window_inference(x, roi, 3, pred, overlap=0.5, nas3d_tta_flips=(2,))
     want = sliding_window_inference(x, roi, 3, symmetric, overlap=0.5)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     # flips of axes the predictor is symmetric in change nothing
     torch.testing.assert_close(
-        sliding_window_inference(x, roi, 3, pred, overlap=0.5, tta_flips=(0, 1)),
+        sliding_window_inference(x, roi, 3, pred, overlap=0.5, nas3d_tta_flips=(0, 1)),
         sliding_window_inference(x, roi, 3, pred, overlap=0.5),
         rtol=1e-5,
         atol=1e-6,
@@ -209,19 +211,22 @@ def _bad(**changes):
         (_bad(overlap=-0.1), "overlap must be in \\[0, 1\\)"),
         (_bad(overlap=(0.5, 0.5, 1.2)), "overlap must be in \\[0, 1\\)"),
         (_bad(overlap=(0.5, 0.5)), "overlap must be a number or 3 numbers"),
-        (_bad(predictor=lambda t: t[..., :-1]), "predictor must return shape \\(N, C_out, \\*roi\\)"),
-        (_bad(predictor=lambda t: t[:1]), "predictor must return shape"),
-        (_bad(predictor=lambda t: (t,)), "predictor must return one tensor"),
-        (_bad(predictor=lambda t: t.long()), "predictor must return a floating tensor"),
-        (_bad(inputs=torch.zeros(12, 12, 12, 12, 12, 12)), "inputs must have shape \\(B, C, \\*spatial\\)"),
+        # (outputs of another spatial size and tuples are MONAI's zoom scales and multi-output: see
+        # test_sliding_window_monai.py)
+        (_bad(predictor=lambda t: t[..., 0]), "predictor must return tensors \\(N, C_out, \\*spatial\\)"),
+        (_bad(predictor=lambda t: t[:1]), "predictor must return tensors \\(N, C_out, \\*spatial\\) with N = 2"),
+        (_bad(predictor=lambda t: "mask"), "predictor must return a tensor, a tuple/list of tensors or a dict"),
+        (_bad(predictor=lambda t: t.long()), "predictor must return floating tensors"),
+        (_bad(inputs=torch.zeros(12, 12)), "inputs must have shape \\(B, C, \\*spatial\\)"),
+        (_bad(inputs=torch.zeros(1, 1, 12, 12, 12, 12)), "roi_size must have one entry per spatial axis"),
         (_bad(inputs=torch.zeros(1, 1, 12, 12, 12, dtype=torch.int64)), "inputs must be a floating tensor"),
         (_bad(sw_batch_size=0), "sw_batch_size must be an int >= 1"),
         (_bad(mode="linear"), "mode must be one of"),
         (_bad(padding_mode="edge"), "padding_mode must be one of"),
-        (_bad(output="mask"), "output must be one of"),
-        (_bad(tta_flips=(3,)), "tta_flips must hold distinct spatial axes"),
-        (_bad(max_memory=-5), "max_memory must be a positive int"),
-        (_bad(accumulate_dtype=torch.int8), "accumulate_dtype must be a floating torch.dtype"),
+        (_bad(nas3d_output="mask"), "nas3d_output must be one of"),
+        (_bad(nas3d_tta_flips=(3,)), "nas3d_tta_flips must hold distinct spatial axes"),
+        (_bad(nas3d_max_memory=-5), "nas3d_max_memory must be a positive int"),
+        (_bad(nas3d_accumulate_dtype=torch.int8), "nas3d_accumulate_dtype must be a floating torch.dtype"),
     ],
 )
 def test_bad_inputs(args, match):

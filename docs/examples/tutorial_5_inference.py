@@ -94,19 +94,20 @@ fig.tight_layout()
 # ----------------------------
 # The function takes MONAI's arguments (``roi_size``, ``sw_batch_size``, ``predictor``, ``overlap``,
 # ``mode``, ``sigma_scale``, ``padding_mode``, ``cval``, ``sw_device``, ``device``) with MONAI's defaults
-# and gives MONAI's results. Beyond MONAI: ``output="probs"`` or ``"labels"``, ``tta_flips`` and
-# ``max_memory``.
+# and gives MONAI's results. Beyond MONAI (keyword-only, prefixed ``nas3d_`` so that they never take a
+# predictor's keyword): ``nas3d_output="probs"`` or ``"labels"``, ``nas3d_tta_flips`` and
+# ``nas3d_max_memory``.
 volume = torch.randn(1, 1, 64, 64, 48)
 predictor = model.eval()
 with torch.no_grad():
     raw = sliding_window_inference(volume, (16, 16, 16), 4, predictor, overlap=0.5, mode="gaussian")
     streamed = sliding_window_inference(volume, (16, 16, 16), 4, predictor, overlap=0.5, mode="gaussian",
-                                        output="labels")
+                                        nas3d_output="labels")
 print("raw", tuple(raw.shape), raw.dtype, "| labels", tuple(streamed.shape), streamed.dtype)
 print("labels == argmax of the raw output:", torch.equal(streamed[:, 0].long(), raw.argmax(1)))
 
 # %%
-# With ``output="labels"`` (or ``max_memory``), windows are visited slab by slab and each finished slab
+# With ``nas3d_output="labels"`` (or ``nas3d_max_memory``), windows are visited slab by slab and each finished slab
 # is turned into labels at once, so memory holds one slab of class scores, not the whole volume times
 # the classes: what makes 512 x 512 x 1000 CT volumes fit. Repeated runs give the same bits: every
 # voxel's sum is formed in a fixed order.

@@ -13,7 +13,7 @@ placed afresh, and the peak resident set grows by an amount that varies from run
 and ``unet_reuse`` cases of ``python -m benchmarks.run sliding_window`` (a small U-Net, without and
 with it) gave 405 and 499 MiB, and 0.98x and 1.50x MONAI's speed. Single runs of the ``unet_reuse``
 peak (``--peak-of nas3d_unet_reuse``) gave up to 673 MiB. That is why it is opt-in
-(``sliding_window_inference(..., reuse_freed_pages=True)``, or this context manager around any code).
+(``sliding_window_inference(..., nas3d_reuse_freed_pages=True)``, or this context manager around any code).
 
 glibc offers no way to read the thresholds or to turn its dynamic threshold back on, so on exit they
 are set to the values of ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` when the environment

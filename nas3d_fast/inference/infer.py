@@ -97,7 +97,14 @@ def predict_volume(
 
     def predict(batch):
         with torch.no_grad():
-            return model(batch)
+            out = model(batch)
+        # sliding_window_inference would stitch another size at MONAI's zoom scale; a segmentation model
+        # for `nas3d infer` must label every voxel of its window
+        if not isinstance(out, torch.Tensor) or out.shape[2:] != batch.shape[2:]:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"predictor must return shape (N, C_out, *roi) = (N, C_out, "
+                             f"{', '.join(map(str, batch.shape[2:]))}) for windows {tuple(batch.shape)}, got {got}")
+        return out
 
     result = sliding_window_inference(
         x,
@@ -107,8 +114,8 @@ def predict_volume(
         overlap=ov,
         mode=settings.mode,
         progress=progress,
-        output="probs" if prepared is not None and resample_probabilities else "labels",
-        tta_flips=settings.tta_flips if tta else (),
+        nas3d_output="probs" if prepared is not None and resample_probabilities else "labels",
+        nas3d_tta_flips=settings.tta_flips if tta else (),
     )
     if prepared is None:
         return result[0, 0].cpu().numpy().astype(np.int64)

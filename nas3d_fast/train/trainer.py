@@ -485,7 +485,7 @@ class Trainer:
                     predict,
                     overlap=cfg.overlap,
                     mode="gaussian",
-                    output="labels",
+                    nas3d_output="labels",
                 )[0, 0]
                 .cpu()
                 .numpy()
