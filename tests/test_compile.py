@@ -91,3 +91,46 @@ def test_a_compiled_supernet_step_equals_eager(name):
     eager = _forward_backward(supernet, x, weights)
     torch._dynamo.reset()
     _assert_equal(eager, _forward_backward(torch.compile(supernet, backend="aot_eager"), x, weights))
+
+
+EDGE_CANDIDATES = ["zero", "identity", "conv3x3x3", "p3d_3x3x1_1x1x3", "sep_dil3x3x3_r2", "max_pool3", "avg_pool3"]
+
+
+@pytest.mark.parametrize("norm", ["shared", "per_op"])
+@pytest.mark.parametrize("sampled", [False, True], ids=["dense", "sampled"])
+@pytest.mark.parametrize("path", ["recompute", "plain"])
+def test_mixed_edge_compiles_and_equals_eager(norm, sampled, path):
+    """MixedEdge3d under torch.compile, dense and sampled weights: equal to eager; one graph on the plain
+    path with dense weights (fullgraph=True), graph breaks around the memory-efficient path's autograd
+    function and at the sampled indices (the module docstring says why)."""
+    from nas3d_fast import ops
+    from nas3d_fast.nn import MixedEdge3d
+
+    C, S = (4, 12) if path == "recompute" else (64, 2)
+    torch.manual_seed(0)
+    edge = MixedEdge3d(C, C, EDGE_CANDIDATES, 1, norm=norm)
+    x = torch.randn(1, C, S, S, S, requires_grad=True)
+    assert edge.keeps_outputs(x) == (path == "plain")
+    logits = torch.randn(len(EDGE_CANDIDATES), requires_grad=True)
+    if sampled:
+        w, idx = ops.gumbel_topk(logits[None], 1.0, k=2)
+        weights = (w[0], idx[0])
+    else:
+        weights = torch.softmax(logits, 0)
+
+    def step(fn):
+        x.grad = logits.grad = None
+        for p in edge.parameters():
+            p.grad = None
+        y = fn(x, weights)
+        (y * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward(retain_graph=True)
+        return y.detach(), [t.grad.clone() for t in (x, logits)] + [p.grad for p in edge.parameters()]
+
+    eager = step(edge)
+    torch._dynamo.reset()
+    compiled = step(torch.compile(edge, backend="aot_eager", fullgraph=path == "plain" and not sampled))
+    _close(compiled[0], eager[0], "output")
+    for i, (a, b) in enumerate(zip(eager[1], compiled[1])):
+        assert (a is None) == (b is None), f"gradient {i}"
+        if a is not None:
+            _close(b, a, f"gradient {i}")

@@ -24,6 +24,16 @@ cost more than the convolutions themselves: forward + backward of a dints edge (
 (1, 256, 4^3) took 26-31 ms fused and 15-17 ms plain (the README gives the command); a dints supernet
 step at channel_mul 0.5 runs 24 such edges.
 
+Under ``torch.compile`` every edge compiles and equals eager. The plain path (``keeps_outputs``) with
+dense weights is one graph (``fullgraph=True`` works). The memory-efficient path breaks the graph around each edge, by
+design: it is a ``torch.autograd.Function`` whose forward takes the candidate modules as arguments and
+records the InstanceNorm statistics (a ``ContextVar`` in ``nn.norm``) for the backward's recompute to
+replay, and the compiler can neither pass modules into an autograd function's graph nor trace that
+mutation (the per_op placement also reads modules it mutates). The edge then runs eagerly between
+graphs, at its eager speed and memory; what surrounds it compiles. Sampled paths break the graph too:
+the indices decide which candidates run (one host sync per edge), data-dependent control flow that a
+graph cannot hold. The path taken depends on shapes only (a recompile when they change).
+
 Sampled paths (SCNAS, GDAS): pass the ``(weights, indices)`` that ``ops.gumbel_topk`` returns for this
 edge; only the candidates in ``indices`` are computed, the others receive no gradient (their weight
 gradient is 0; in the gumbel op it is multiplied by a zero Jacobian anyway).
@@ -132,7 +142,7 @@ class MixedEdge3d(nn.Module):
 
     def _out_voxels(self, x: torch.Tensor) -> int:
         """N * X' * Y' * Z': the output's voxels over the batch."""
-        return x.shape[0] * math.prod(out_size(n, self.stride) for n in x.shape[2:])
+        return x.shape[0] * math.prod([out_size(n, self.stride) for n in x.shape[2:]])  # a list: torch.compile cannot pass a generator
 
     def _per_op_fns(self, live: list[int]) -> list[nn.Module]:
         """The per_op candidates ``live`` with their activation and norm (``_PerOp``)."""
