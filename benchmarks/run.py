@@ -36,6 +36,7 @@ SUITES = (
     "conv_route",
     "upsample",
     "search_step",
+    "compile",
 )
 
 
