@@ -2,7 +2,7 @@
 on CPU. Reported, no target (issue 24 item 1): it tells users whether compiling a found network pays.
 
 One case pair per space: forward, cross-entropy loss and backward of ``space.build(arch, 1, 2)``
-(architecture ``space.sample(0)``, small options as in tests/test_compile.py) on a (1, 1, 32^3) patch.
+(architecture ``space.sample(0)``, the small options of SPACES below) on a (1, 1, 32^3) patch.
 The compiled side is warmed up (compiled) before timing. Ratio keys ``{space}.speedup_vs_eager``.
 """
 
@@ -15,6 +15,7 @@ from nas3d_fast import spaces
 
 from .core import Case, Ratio, Suite
 
+#: small options per space, shared with tests/test_compile.py and tests/test_export.py
 SPACES = {
     "dints": {"num_blocks": 3, "num_depths": 2, "channel_mul": 0.125},
     "scnas": {"base_channels": 2},

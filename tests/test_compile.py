@@ -9,17 +9,12 @@ import pytest
 import torch
 import torch._dynamo
 
+from benchmarks.compile import SPACES  # small options per space (the compile suite's)
+
 from nas3d_fast import spaces
 from nas3d_fast.spaces.c2fnas import topologies
 
 TOPOLOGY = list(topologies()[100])
-SPACES = {
-    "dints": {"num_blocks": 3, "num_depths": 2, "channel_mul": 0.125},
-    "scnas": {"base_channels": 2},
-    "c2fnas": {"channels": 4},
-    "ronasmis": {"base_channels": 4, "depth": 2, "layers_per_stage": 1},
-    "tautoml": {},
-}
 SUPERNETS = {
     "dints": SPACES["dints"],
     "scnas": SPACES["scnas"],

@@ -11,16 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.compile import SPACES  # small options per space (the compile suite's)
+
 from nas3d_fast import ops, spaces
 from nas3d_fast.nn import export_onnx, portable_program
 
-SPACES = {
-    "dints": {"num_blocks": 3, "num_depths": 2, "channel_mul": 0.125},
-    "scnas": {"base_channels": 2},
-    "c2fnas": {"channels": 4},
-    "ronasmis": {"base_channels": 4, "depth": 2, "layers_per_stage": 1},
-    "tautoml": {},
-}
 SEEDS = {"dints": 0, "scnas": 1, "c2fnas": 0, "ronasmis": 0, "tautoml": 3}  # every space's nas3d ops, small graphs
 SHAPE = (1, 1, 32, 32, 32)  # batch 1: conv3d's oneDNN route, the custom op nas3d::onednn_conv3d
 
