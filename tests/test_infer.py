@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from test_train_trainer import META as RONASMIS_META  # a tiny ronasmis network that checkpoints rebuild
 
 from nas3d_fast import cli
 from nas3d_fast.inference import sliding_window_inference
@@ -202,16 +203,6 @@ class _Payload:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
-
-
-# a tiny network of a real space: plain-data checkpoints rebuild it from these
-RONASMIS_META = {
-    "space": "ronasmis",
-    "space_options": {"base_channels": 2, "depth": 2, "layers_per_stage": 1},
-    "arch": {"format": "nas3d-arch-1", "space": "ronasmis",
-             "arch": {"ops": ["conv3x3x3", "conv3x3x3", "conv3x3x3"], "skips": [0, 0, 0]}},
-    "in_channels": 1,
-}
 
 
 def _trained_checkpoint(tmp_path):
