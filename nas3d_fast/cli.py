@@ -5,7 +5,8 @@ nas3d bench SUITE    a benchmark suite side by side with its baselines (see benc
 nas3d infer ...      label maps for NIfTI images with a checkpoint (see nas3d_fast/inference/checkpoint.py)
 nas3d data ...       datasets in MSD layout: `mni152` (real MRI from nilearn's template), `synthetic` (blobs)
 nas3d train ...      train one architecture of a search space on an MSD-layout dataset (nas3d_fast/train)
-nas3d search ...     search a space's supernet for an architecture on an MSD-layout dataset (nas3d_fast/search)
+nas3d search ...     search a space for an architecture on an MSD-layout dataset (nas3d_fast/search);
+                     nas3d search status RUN: the trials of a trial search
 nas3d profile ...    training-step peak memory of a space's candidates (see nas3d_fast/profile/cli.py)
 """
 
@@ -230,9 +231,12 @@ def _add_search(sub) -> None:
     search = sub.add_parser(
         "search",
         help="search a space for an architecture on an MSD-layout dataset",
-        description="Search a space's supernet on a Medical Segmentation Decathlon folder; writes RUN/arch.json "
-        "(train it with nas3d train --arch), RUN/search.csv, RUN/history.jsonl, RUN/report.png, RUN/summary.json "
-        "and a resumable RUN/checkpoint.pt. Rerunning the same command resumes the search.",
+        description="Search a space on a Medical Segmentation Decathlon folder; writes RUN/arch.json "
+        "(train it with nas3d train --arch), RUN/report.png and RUN/summary.json. Supernet searchers (gumbel, dints) "
+        "also write RUN/search.csv, RUN/history.jsonl and a resumable RUN/checkpoint.pt; trial searchers (random, "
+        "evolution, predictor) the trial store RUN/trials.db, RUN/trials.csv and each trial's run in RUN/trials/ "
+        "(`nas3d search status RUN` reads the store while the search runs). Rerunning the same command resumes "
+        "the search.",
         epilog=doc.split("\n\n")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -265,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["search", "status"]:  # a subcommand of search, whose own options are required
+        from .search.cli import status_main
+
+        return status_main(argv[2:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

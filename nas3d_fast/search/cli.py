@@ -11,20 +11,26 @@ Options are named as in ``nas3d train``; rerunning the same command resumes the 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..spaces.cli import space_option
 from ..train.cli import add_data_arguments, data_settings
 from ..train.losses import LOSSES
+from ..train.optim import OPTIMIZERS, SCHEDULES
 from .gumbel import TAU_SCHEDULES
 
 
 def add_search_arguments(p: argparse.ArgumentParser) -> None:
     from .run import SEARCHERS
+    from .trials import EXECUTORS, TRIAL_SEARCHERS
 
-    p.add_argument("--space", required=True, help="search space with a supernet (dints, scnas, c2fnas, ronasmis)")
-    p.add_argument("--searcher", required=True, choices=sorted(SEARCHERS),
-                   help="gumbel: SCNAS's Gumbel search (any space with a supernet); dints: MONAI's DiNTS (dints space)")
+    p.add_argument("--space", required=True,
+                   help="search space (supernet searchers: dints, scnas, c2fnas, ronasmis; trial searchers: any)")
+    p.add_argument("--searcher", required=True, choices=sorted(SEARCHERS) + sorted(TRIAL_SEARCHERS),
+                   help="supernet searchers: gumbel (SCNAS's Gumbel search, any space with a supernet), dints "
+                        "(MONAI's DiNTS, dints space); trial searchers (each candidate trained on its own): random, "
+                        "evolution (C2FNAS), predictor (T-AutoML's relation predictor)")
     p.add_argument("--data", required=True, metavar="DIR", help="dataset folder in MSD layout (dataset.json ...)")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (checkpoint, logs, arch.json, report)")
     p.add_argument("--space-option", action="append", type=space_option, default=[], metavar="KEY=VALUE",
@@ -57,6 +63,32 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --memory-model predicted: the found network's training peak to aim at, in MiB "
                         "(instead of --ram-cost-factor)")
     s.add_argument("--memory-samples", type=int, default=24, help="networks predicted for the fit (default 24)")
+    t = p.add_argument_group("trial searchers (random, evolution, predictor)")
+    t.add_argument("--trials", type=int, default=20, help="candidates to train (a rerun with more extends the search)")
+    t.add_argument("--trial-steps", type=int, default=200, help="training steps of each trial")
+    t.add_argument("--trial-validations", type=int, default=1,
+                   help="validations in a trial's training (its score is the best one's mean Dice; default 1: at the end)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="trials' optimiser, as in nas3d train")
+    t.add_argument("--lr", type=float, default=1e-3, help="trials' learning rate, as in nas3d train")
+    t.add_argument("--schedule", choices=SCHEDULES, default="poly", help="trials' schedule, as in nas3d train")
+    t.add_argument("--max-val-cases", type=int, help="validate trials on at most this many cases")
+    t.add_argument("--halving-eta", type=int, default=0,
+                   help="successive halving: promote the top 1/ETA of each rung to ETA times the steps (0: off)")
+    t.add_argument("--halving-rungs", type=int, default=3, help="successive halving: budgets in all")
+    t.add_argument("--memory-limit", type=float, metavar="MIB",
+                   help="only candidates whose predicted training-step peak is at most this (MiB)")
+    t.add_argument("--measure-memory", action="store_true", help="also measure each trial's training-step peak")
+    t.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: in this process (or --trial-workers processes); ray: Ray tasks (pip install "
+                        "'nas3d_fast[ray]')")
+    t.add_argument("--trial-workers", type=int,
+                   help="trials at once (local: processes, default 1 = in-process; ray: default what the cluster "
+                        "holds). --workers is the DataLoader's, as in nas3d train")
+    t.add_argument("--ray-address", help="join this Ray cluster (e.g. auto, ray://HEAD:10001); default: a local Ray")
+    t.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray CPUs per trial (fractions allowed)")
+    t.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="Ray GPUs per trial (fractions pack small candidates on one GPU)")
+    t.add_argument("--max-retries", type=int, default=2, help="retries of a trial whose worker died")
     add_data_arguments(p)
     c = p.add_argument_group("checkpoints")
     c.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
@@ -70,7 +102,10 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
 def run_search(args) -> int:
     from .base import SearchConfig
     from .run import search
+    from .trials import TRIAL_SEARCHERS
 
+    if args.searcher in TRIAL_SEARCHERS:
+        return run_trial_search(args)
     try:
         config = SearchConfig(
             epochs=args.epochs,
@@ -114,4 +149,101 @@ def run_search(args) -> int:
         + f"; architecture entropy {summary['entropy']:.3f} nats"
     )
     print(f"architecture: {summary['arch_path']} (train it with nas3d train --arch {summary['arch_path']})")
+    return 0
+
+
+def run_trial_search(args) -> int:
+    from .trials import TrialSearchConfig, trial_search
+
+    try:
+        if args.no_resume and os.path.exists(os.path.join(args.out, "trials.db")):
+            raise ValueError(f"{args.out} holds a trial search; --no-resume would discard it: use another --out")
+        config = TrialSearchConfig(
+            trials=args.trials,
+            trial_steps=args.trial_steps,
+            halving_eta=args.halving_eta,
+            halving_rungs=args.halving_rungs,
+            executor=args.executor,
+            workers=args.trial_workers,
+            ray_address=args.ray_address,
+            cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial,
+            max_retries=args.max_retries,
+            time_budget=args.time_budget,
+            progress=not args.quiet,
+        )
+        train = {
+            "epochs": args.trial_validations,
+            "optimizer": args.optimizer,
+            "lr": args.lr,
+            "schedule": args.schedule,
+            "loss": args.loss,
+            "amp": not args.no_amp,
+            "checkpoint_every": args.checkpoint_every,
+            "device": args.device,
+            "progress": False,
+        }
+        if args.trial_validations < 1:
+            raise ValueError(f"--trial-validations must be >= 1, got {args.trial_validations}")
+        summary = trial_search(
+            args.space,
+            args.searcher,
+            args.data,
+            args.out,
+            config,
+            data_settings(args, max_val_cases=args.max_val_cases),
+            train,
+            space_options=dict(args.space_option),
+            seed=args.seed,
+            memory_budget_mib=args.memory_limit,
+            measure_memory=args.measure_memory,
+        )
+    except (ValueError, OSError) as exc:
+        print(f"nas3d search: error: {exc}", file=sys.stderr)
+        return 2
+    counts = summary["trials"]
+    print(f"trials: {counts['done']} done, {counts['failed']} failed in {summary['search_seconds']:.0f} s"
+          + (" (time budget reached)" if summary["stopped_by_time_budget"] else "")
+          + (" (every architecture of the space was tried)" if summary["space_exhausted"] else ""))
+    best = summary["best"]
+    if best is None:
+        print("no trial reached a validation score; no architecture written", file=sys.stderr)
+        return 1
+    print(f"best: trial {best['id']}, mean Dice {best['score']:.4f} (rung {best['rung']}, {best['budget']} steps)")
+    print(f"architecture: {summary['arch_path']} (train it with nas3d train --arch {summary['arch_path']})")
+    return 0
+
+
+def status_main(argv: list[str]) -> int:
+    """``nas3d search status RUN [--json]``."""
+    import json
+
+    from .trials import status
+
+    p = argparse.ArgumentParser(prog="nas3d search status", description="the state of a trial search's store: "
+                                "trials by state, the best so far, the Pareto front of Dice against memory")
+    p.add_argument("run", metavar="RUN", help="the search's run folder")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+    args = p.parse_args(argv)
+    try:
+        info = status(args.run)
+    except (ValueError, OSError) as exc:
+        print(f"nas3d search status: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    counts = info["trials"]
+    print(f"{info['run']}: {info['searcher']} search of {info['space']}")
+    print("trials: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    for t in info["running"]:
+        print(f"  running: trial {t['id']} on {t['worker']} (attempt {t['attempts']})")
+    best = info["best"]
+    print("best: " + ("-" if best is None else f"trial {best['id']}, mean Dice {best['score']:.4f} "
+                      f"(rung {best['rung']}, {best['budget']} steps)"))
+    if info["pareto_front"]:
+        print("Pareto front (mean Dice vs predicted training peak):")
+        for t in info["pareto_front"]:
+            print(f"  trial {t['id']:>5}: Dice {t['score']:.4f}  {t['predicted_memory'] / 2**20:9.1f} MiB  "
+                  f"{t['params']} parameters")
     return 0

@@ -99,3 +99,57 @@ def write_report(out_dir: str, csv_path: str, history: list[dict], arch: Arch) -
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
     plt.close(fig)
     return path
+
+
+def write_trial_report(out_dir: str, trials: list, best, front: list) -> str:
+    """Write ``out_dir/report.png`` of a trial search; returns its path. Panels: the best mean Dice so far
+    against trials ended (rung 0, in the order they ended; promotions marked); mean Dice against predicted
+    training-step peak memory (MiB) with the Pareto front drawn and the result ringed; the result's
+    architecture. ``trials``: the store's ``Trial`` records; ``best``: the result (or None); ``front``: the
+    front's trials."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ended = sorted((t for t in trials if t.status in ("done", "failed") and t.finished), key=lambda t: t.finished)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    ax = axes[0]
+    best_so_far, xs, score = [], [], -np.inf
+    for i, t in enumerate(t for t in ended if t.rung == 0):
+        if t.score is not None:
+            score = max(score, t.score)
+        xs.append(i + 1)
+        best_so_far.append(score if np.isfinite(score) else np.nan)
+    ax.step(xs, best_so_far, where="post", color="tab:blue", label="best so far (rung 0)")
+    scores0 = [(i + 1, t.score) for i, t in enumerate(t for t in ended if t.rung == 0) if t.score is not None]
+    if scores0:
+        ax.scatter(*zip(*scores0), s=12, color="tab:gray", label="trial")
+    ax.set(title="search progress", xlabel="trials ended", ylabel="mean validation Dice")
+    ax.legend(loc="lower right")
+    ax = axes[1]
+    points = [t for t in trials if t.status == "done" and t.score is not None and t.predicted_memory is not None]
+    if points:
+        for rung in sorted({t.rung for t in points}):
+            sel = [t for t in points if t.rung == rung]
+            ax.scatter([t.predicted_memory / 2**20 for t in sel], [t.score for t in sel], s=14,
+                       label=f"rung {rung}" if rung else "trials")
+        if front:
+            ax.step([t.predicted_memory / 2**20 for t in front], [t.score for t in front], where="post",
+                    color="tab:red", lw=1.2, label="Pareto front")
+        if best is not None and best.predicted_memory is not None:
+            ax.scatter([best.predicted_memory / 2**20], [best.score], s=120, facecolors="none", edgecolors="k",
+                       label=f"result (trial {best.id})")
+        ax.legend(loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no trial done", ha="center", va="center", transform=ax.transAxes)
+    ax.set(title="Dice against memory", xlabel="predicted training peak (MiB)", ylabel="mean validation Dice")
+    if best is not None:
+        _draw_arch(axes[2], best.arch)
+    else:
+        axes[2].axis("off")
+    fig.tight_layout()
+    path = os.path.join(out_dir, "report.png")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
+    plt.close(fig)
+    return path

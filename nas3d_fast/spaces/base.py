@@ -220,6 +220,12 @@ class SearchSpace(ABC):
     def decode(self, vector: Sequence[int]) -> Arch:
         """The architecture of an encoding; raises ArchError naming the first bad position."""
 
+    def topology_positions(self) -> list[int]:
+        """Positions of the encoding that describe the network's topology rather than its operations (the
+        codes C2FNAS's evolution clusters, ``nas3d_fast.search.trials.evolution``); by default every
+        position."""
+        return list(range(len(self.vector_choices())))
+
     def check(self, arch: Arch) -> None:
         """Raise ArchError if ``arch`` is not an architecture of this space."""
         if not isinstance(arch, self.arch_type):

@@ -475,6 +475,10 @@ class C2FNASSpace(SearchSpace):
     def vector_choices(self) -> list[int]:
         return [MAX_LEVEL + 1] * NUM_CELLS + [len(CELL_OPS)] * NUM_CELLS
 
+    def topology_positions(self) -> list[int]:
+        """The topology code: the first ``NUM_CELLS`` positions (each cell's resolution level)."""
+        return list(range(NUM_CELLS))
+
     def encode(self, arch: Arch) -> list[int]:
         if not isinstance(arch, C2FNASArch):
             raise ArchError(f"c2fnas: expected a C2FNASArch, got {type(arch).__name__}")

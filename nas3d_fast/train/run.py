@@ -3,6 +3,7 @@ data side, ``nas3d_fast.data``, the spaces and the :class:`~nas3d_fast.train.tra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -70,16 +71,29 @@ def train(
     data: DataSettings | None = None,
     space_options: dict | None = None,
     resume: bool = True,
+    arch_training: bool = False,
 ) -> dict:
     """Train ``arch`` (a JSON file or ``random:SEED``) of space ``space_name`` on the MSD dataset in
     ``data_dir``; writes everything the Trainer writes to ``out_dir`` (plus ``arch.json``). Returns the
-    summary."""
+    summary.
+
+    ``arch_training``: for spaces whose architectures carry their training recipe (tautoml's
+    ``training_config``: learning rate, schedule, loss, optimiser, augmentations), train with that recipe
+    instead of ``config``'s and ``data.augment``'s (trial searches do; the summary's ``arch_training``
+    says what was used)."""
     from .. import data as nd
     from ..spaces import base
 
     data = data or DataSettings()
     space = base.get(space_name, **(space_options or {}))
     the_arch = read_arch(space, arch)
+    recipe = None
+    if arch_training and hasattr(space, "training_config"):
+        recipe = space.training_config(the_arch)
+        config = dataclasses.replace(
+            config, lr=recipe["learning_rate"], schedule=recipe["scheduler"], loss=recipe["loss"],
+            optimizer=recipe["optimizer"],
+        )
     space.check_patch(data.patch)
     index = nd.MSDIndex(data_dir)
     num_classes = len(index.labels)
@@ -91,7 +105,11 @@ def train(
         val_ids = val_ids[: data.max_val_cases]
     pre = nd.Preprocessing(spacing=data.spacing, intensity=dict(data.intensity), crop_nonzero=data.crop_nonzero)
     train_volumes = nd.VolumeDataset(data_dir, train_ids, pre)
-    augment = nd.Augmentations(p=data.augment) if data.augment > 0 else None
+    if recipe is not None:
+        ops = tuple(dict.fromkeys(recipe["augmentations"]))  # the order of the slots, each op once
+        augment = nd.Augmentations(p=recipe["augmentation_prob"], ops=ops) if ops else None
+    else:
+        augment = nd.Augmentations(p=data.augment) if data.augment > 0 else None
     patches = nd.PatchDataset(
         train_volumes,
         data.patch,
@@ -141,5 +159,10 @@ def train(
     from .checkpoint import atomic_write
 
     atomic_write(os.path.join(out_dir, "arch.json"), lambda f: f.write(the_arch.to_json(indent=2) + "\n"), mode="w")
+    if recipe is not None:
+        meta["arch_training"] = recipe
     trainer = Trainer(model, config, out_dir, batches, val_cases, meta, infer_settings=settings)
-    return trainer.fit(resume=resume)
+    summary = trainer.fit(resume=resume)
+    if recipe is not None:
+        summary["arch_training"] = recipe
+    return summary
