@@ -386,3 +386,38 @@ def test_ray_retries_a_trial_whose_worker_died_and_a_killed_driver_resumes(tmp_p
     with TrialStore(str(out / "trials.db"), space) as store:
         trials = store.trials()
     assert [t.status for t in trials] == ["done"] * 5 and len({t.encoding for t in trials}) == 5
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("searcher", ["random", "evolution", "predictor"])
+def test_an_interrupted_search_resumes_to_the_uninterrupted_trials(tmp_path, searcher):
+    """Stopped after trial 5 and rerun, a search proposes exactly the trials an uninterrupted one does:
+    the searcher's state comes back from the store."""
+    from nas3d_fast.search.trials import searcher_class
+
+    options = {"evolution": {"clusters": 3, "initial": 4, "pool": 40},
+               "predictor": {"initial": 4, "min_trials": 4, "epochs": 5, "pool": 32}}.get(searcher, {})
+    cls = searcher_class(searcher)
+    space = _space()
+
+    def run(out, on_trial=None):
+        cfg = TrialSearchConfig(trials=10, trial_steps=4, progress=False)
+        return TrialSearch(space, cls(space, seed=1, **options), KnownScore(), str(out), cfg, on_trial=on_trial).run()
+
+    run(tmp_path / "whole")
+
+    def stop(trial):
+        if trial.id == 5:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run(tmp_path / "cut", stop)
+    run(tmp_path / "cut")
+    with TrialStore(str(tmp_path / "whole" / "trials.db"), space) as a, \
+            TrialStore(str(tmp_path / "cut" / "trials.db"), space) as b:
+        want, got = a.trials(), b.trials()
+    assert [t.encoding for t in got] == [t.encoding for t in want] and len({t.encoding for t in got}) == 10
+    assert [t.score for t in got] == [t.score for t in want]
