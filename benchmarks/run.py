@@ -37,6 +37,7 @@ SUITES = (
     "upsample",
     "search_step",
     "compile",
+    "trial_overhead",
 )
 
 

@@ -26,6 +26,7 @@ MODULES = {
     "nas3d_fast.nn": "modules on the ops: the supernet edge, axial attention; export and ONNX",
     "nas3d_fast.spaces": "search spaces behind one interface",
     "nas3d_fast.search": "supernet searchers and the search loop",
+    "nas3d_fast.search.trials": "trial searchers (random, evolution, relation predictor), the trial store, executors",
     "nas3d_fast.profile": "training-step memory, measured and predicted",
     "nas3d_fast.data": "MSD-format NIfTI datasets, preprocessing, patches, augmentation",
     "nas3d_fast.train": "losses, metrics, optimisers, the trainer and its checkpoints",

@@ -9,7 +9,8 @@ This tutorial goes through the four steps a user takes:
 1. **prepare** a dataset in the Medical Segmentation Decathlon layout (here a tiny synthetic one);
 2. **search** it, from Python or with ``nas3d search``;
 3. **resume** a search that was interrupted;
-4. run it **distributed** under ``torchrun``.
+4. run it **distributed** under ``torchrun``;
+5. search by **trials** instead: each candidate trained on its own, kept in a crash-safe store.
 
 The sizes are toy sizes so that the page builds in seconds on a CPU; the commands are the ones you run
 on real data with real budgets.
@@ -139,3 +140,30 @@ ax.axis("off")
 #         --data Task09_Spleen --out search --patch 96 96 96 --epochs 100 --steps-per-epoch 100
 #
 # (``tests/test_search_distributed.py`` runs two gloo processes, kills them and resumes.)
+
+# %%
+# 5. Trial searches
+# -----------------
+# Instead of a supernet, a trial searcher proposes candidates and trains each on its own for a short
+# budget: ``random``, ``evolution`` (C2FNAS's K-means over topology codes) or ``predictor`` (T-AutoML's
+# relation predictor). Every trial is a row of a SQLite store, ``RUN/trials.db``: a rerun after a kill
+# keeps the done trials and continues the running ones from their checkpoints
+# (:doc:`/how_it_works/trial_search`). Three random trials of four steps each:
+from nas3d_fast.search.trials import TrialSearchConfig, status, trial_search  # noqa: E402
+
+trials_run = os.path.join(work, "trials")
+summary = trial_search("ronasmis", "random", root, trials_run, TrialSearchConfig(trials=3, trial_steps=4,
+                       progress=False), settings, {"device": "cpu", "progress": False}, space_options=space_options)
+info = status(trials_run)  # what ``nas3d search status RUN`` prints; it reads the store while a search runs
+print("trials:", info["trials"])
+print(f"best: trial {info['best']['id']}, mean Dice {info['best']['score']:.3f}, "
+      f"predicted training peak {info['best']['predicted_memory'] / 2**20:.1f} MiB")
+print(sorted(os.listdir(trials_run)))
+
+# %%
+# From the command line, with worker processes or Ray (``pip install 'nas3d_fast[ray]'``)::
+#
+#     nas3d search --space c2fnas --searcher evolution --data blobs --out evo --trials 40 \
+#         --trial-steps 200 --patch 32 32 32 --trial-workers 2
+#     nas3d search status evo
+#     nas3d search ... --executor ray --gpus-per-trial 0.25 --ray-address auto

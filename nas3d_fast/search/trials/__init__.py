@@ -15,7 +15,7 @@ import importlib
 
 from .driver import TrialSearch, TrialSearchConfig, status
 from .evaluate import TrainEvaluator, TrialJob
-from .executors import EXECUTORS, make_executor
+from .executors import EXECUTORS, Executor, Outcome, make_executor
 from .searcher import MemoryBudgetSampler, RandomSearch, Trial, TrialSearcher
 from .store import TrialStore
 
@@ -85,6 +85,8 @@ def trial_search(
 __all__ = [
     "EXECUTORS",
     "TRIAL_SEARCHERS",
+    "Executor",
+    "Outcome",
     "MemoryBudgetSampler",
     "RandomSearch",
     "TrainEvaluator",

@@ -6,7 +6,7 @@ A :class:`TrialJob` is what an executor ships to a worker (plain data, picklable
 a trial re-queued after its worker or the driver died continues from its checkpoint instead of
 restarting, and a trial whose training had finished only reads its summary back.
 
-The result (the store's :data:`~nas3d_fast.search.trials.store.RESULT_FIELDS`): the best validation's mean
+The result (the store's ``nas3d_fast.search.trials.store.RESULT_FIELDS``): the best validation's mean
 Dice (``score``) with its per-class Dice and step, parameters and FLOPs of one patch, the predicted
 training-step peak (bytes; measured too with ``measure_memory``), and the training's seconds.
 """

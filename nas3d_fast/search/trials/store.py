@@ -234,7 +234,7 @@ class TrialStore:
         return self.get(trial_id)
 
     def finish(self, trial_id: int, result: Mapping, searcher_state: Mapping | None = None) -> Trial:
-        """running -> done with ``result`` (keys of :data:`RESULT_FIELDS`). A trial that is done already is
+        """running -> done with ``result`` (keys of ``RESULT_FIELDS``). A trial that is done already is
         left as it is (a duplicate report of a retried task): returns it unchanged."""
         unknown = sorted(set(result) - set(RESULT_FIELDS))
         if unknown:
