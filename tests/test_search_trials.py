@@ -251,13 +251,29 @@ def test_a_tautoml_trial_trains_with_its_own_recipe(dataset, tmp_path):
     arch = space.sample(3)
     evaluator = TrainEvaluator("tautoml", {"base_channels": 4, "num_heads": 2}, dataset,
                                DataSettings(patch=(16, 16, 16), batch_size=1, max_val_cases=1),
-                               {"device": "cpu", "progress": False})
+                               {"device": "cpu", "progress": False}, measure_memory=True)
     result = evaluator(TrialJob(1, arch.to_json(), 2, str(tmp_path / "t1")))
     recipe = space.training_config(arch)
     assert result["metrics"]["recipe"] == recipe
     first = (tmp_path / "t1" / "train.csv").read_text().splitlines()[1].split(",")
     assert float(first[3]) == pytest.approx(recipe["learning_rate"])  # the recipe's lr, not TrainConfig's 1e-3
     assert result["params"] > 0 and result["predicted_memory"] > 0 and result["metrics"]["steps"] == 2
+    assert result["measured_memory"] > 0  # --measure-memory: measured on the trial's device too
+
+
+def test_random_search_inside_a_memory_budget():
+    from nas3d_fast.profile import predict_training_memory
+    from nas3d_fast.search.trials import MemoryBudgetSampler
+
+    space = base.get(SPACE, base_channels=4, depth=3, layers_per_stage=2)
+    peaks = sorted(predict_training_memory(space.build(space.sample(i), 1, 2), (1, 16, 16, 16), batch_size=2,
+                                           num_classes=2, target="cpu").peak_bytes for i in range(12))
+    budget = peaks[len(peaks) // 2]  # about half the candidates fit
+    sampler = MemoryBudgetSampler(space, budget, (1, 16, 16, 16), 2, 2, target="cpu")
+    for arch in RandomSearch(space, seed=0, sampler=sampler).suggest(4):
+        peak = predict_training_memory(space.build(arch, 1, 2), (1, 16, 16, 16), batch_size=2, num_classes=2,
+                                       target="cpu").peak_bytes
+        assert peak <= budget
 
 
 # -- bad input -----------------------------------------------------------------------------------------
