@@ -293,3 +293,18 @@ def test_importing_the_package_never_imports_monai():
         "assert not any(m == 'monai' or m.startswith('monai.') for m in sys.modules), 'monai imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_child_weights_run_exactly_the_architecture(case):
+    """``supernet.child_weights(arch)``: one candidate per edge, in the sampled-path form; the same output
+    as the dense one-hot weights (issue 22: single-path one-shot and ENAS children)."""
+    space, supernet = case
+    supernet.eval()
+    x = torch.randn(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    for i in range(3):
+        arch = space.sample(i)
+        weights = supernet.child_weights(arch)
+        for group, (w, idx) in weights.items():
+            assert idx.shape == (w.shape[0], 1) and torch.equal(w.gather(1, idx), torch.ones_like(idx, dtype=w.dtype))
+        with torch.no_grad():
+            torch.testing.assert_close(supernet(x, weights), supernet(x, supernet.one_hot(arch)), atol=1e-4, rtol=1e-4)

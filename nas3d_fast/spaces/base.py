@@ -172,6 +172,13 @@ class Supernet(nn.Module, ABC):
     def one_hot(self, arch: Arch) -> dict[str, torch.Tensor]:
         """Dense weights that select exactly ``arch`` (1 on its candidate of each edge, 0 elsewhere)."""
 
+    def child_weights(self, arch: Arch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The sampled-path weights that run exactly ``arch``'s candidate on every edge and nothing else:
+        ``{group: (one_hot (E, K), indices (E, 1))}``, the form ``forward`` takes from ``ops.gumbel_topk``
+        with k = 1. Its output equals ``self(x, self.one_hot(arch))`` at the cost of one path (single-path
+        one-shot and ENAS children train and run through it)."""
+        return {g: (w, w.argmax(1, keepdim=True)) for g, w in self.one_hot(arch).items()}
+
     @abstractmethod
     def extract(self, arch: Arch) -> nn.Module:
         """The discrete network of ``arch`` (as ``space.build`` makes it) holding this supernet's weights:
