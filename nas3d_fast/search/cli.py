@@ -29,7 +29,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
                    help="search space (supernet searchers: dints, scnas, c2fnas, ronasmis; trial searchers: any)")
     p.add_argument("--searcher", required=True, choices=sorted(SEARCHERS) + sorted(TRIAL_SEARCHERS),
                    help="supernet searchers: gumbel (SCNAS's Gumbel search, any space with a supernet), dints "
-                        "(MONAI's DiNTS, dints space); trial searchers (each candidate trained on its own): random, "
+                        "(MONAI's DiNTS, dints space), oneshot (single-path one-shot, ranked on inherited weights); "
+                        "trial searchers (each candidate trained on its own): random, "
                         "evolution (C2FNAS), predictor (T-AutoML's relation predictor)")
     p.add_argument("--data", required=True, metavar="DIR", help="dataset folder in MSD layout (dataset.json ...)")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (checkpoint, logs, arch.json, report)")
@@ -51,6 +52,12 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--tau-start", type=float, default=1.0, help="first temperature")
     s.add_argument("--tau-end", type=float, default=0.1, help="last temperature")
     s.add_argument("--tau-schedule", choices=TAU_SCHEDULES, default="exponential")
+    s = p.add_argument_group("oneshot searcher (single-path one-shot; C2FNAS's fine stage on c2fnas with topology=)")
+    s.add_argument("--candidates", type=int, default=20, help="architectures ranked on the inherited weights")
+    s.add_argument("--eval-batches", type=int, default=4, help="batches of the architecture cases each is scored on")
+    s.add_argument("--finetune-top", type=int, default=0, help="fine-tune the best N alone before picking (0: none)")
+    s.add_argument("--finetune-steps", type=int, default=20, help="steps of each fine-tuning")
+    s.add_argument("--finetune-lr", type=float, default=1e-3, help="Adam lr of the fine-tuning")
     s = p.add_argument_group("dints searcher")
     s.add_argument("--warmup-epochs", type=int, help="epochs of weight training only (default: half the epochs)")
     s.add_argument("--ram-cost-factor", type=float, default=0.8,
@@ -124,6 +131,10 @@ def run_search(args) -> int:
         if args.searcher == "gumbel":
             options = {"k": args.k, "tau_start": args.tau_start, "tau_end": args.tau_end,
                        "tau_schedule": args.tau_schedule}
+        elif args.searcher == "oneshot":
+            options = {"candidates": args.candidates, "eval_batches": args.eval_batches,
+                       "finetune_top": args.finetune_top, "finetune_steps": args.finetune_steps,
+                       "finetune_lr": args.finetune_lr}
         else:
             options = {"warmup_epochs": args.warmup_epochs, "ram_cost_factor": args.ram_cost_factor,
                        "sample_ops": args.sample_ops, "memory_model": args.memory_model,
@@ -146,7 +157,9 @@ def run_search(args) -> int:
     print(
         f"steps {summary['steps']}/{summary['total_steps']} in {summary['search_seconds']:.0f} s"
         + (" (time budget reached)" if summary["stopped_by_time_budget"] else "")
-        + f"; architecture entropy {summary['entropy']:.3f} nats"
+        + (f"; best of {len(summary['ranking'])} candidates on the inherited weights: mean Dice "
+           f"{summary['ranking'][0]['inherited_dice']:.4f}" if summary.get("ranking")
+           else f"; architecture entropy {summary['entropy']:.3f} nats")
     )
     print(f"architecture: {summary['arch_path']} (train it with nas3d train --arch {summary['arch_path']})")
     return 0

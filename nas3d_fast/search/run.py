@@ -15,9 +15,11 @@ from .base import SearchConfig, SupernetSearch
 from .distributed import ProcessGroup, RankSamples
 from .dints import DiNTSSearch
 from .gumbel import GumbelSearch
+from .oneshot import OneShotSearch
 
 #: searcher name (``nas3d search --searcher``) -> its class.
-SEARCHERS: dict[str, type[SupernetSearch]] = {"gumbel": GumbelSearch, "dints": DiNTSSearch}
+SEARCHERS: dict[str, type[SupernetSearch]] = {"gumbel": GumbelSearch, "dints": DiNTSSearch,
+                                              "oneshot": OneShotSearch}
 
 
 def split_weight_arch(ids: list[str], seed: int, arch_fraction: float = 0.2) -> tuple[list[str], list[str]]:
