@@ -76,6 +76,18 @@ def test_finetuning_picks_among_the_top_n(dataset, tmp_path):
     assert summary["arch"] == json.loads(best.arch.to_json())
 
 
+def test_evolution_proposes_the_ranked_candidates(dataset, tmp_path):
+    summary = _search(dataset, tmp_path / "run", {**OPTIONS, "candidates": 6, "proposer": "evolution",
+                                                 "finetune_top": 1, "finetune_steps": 1})
+    trials = _trials(tmp_path / "run")
+    assert len(trials) == 6 and len({t.encoding for t in trials}) == 6
+    assert summary["ranking"][0]["inherited_dice"] == max(t.score for t in trials)
+    assert sum("finetuned_dice" in t.metrics for t in trials) == 1
+    again = _search(dataset, tmp_path / "run", {**OPTIONS, "candidates": 6, "proposer": "evolution",
+                                               "finetune_top": 1, "finetune_steps": 1})
+    assert again["arch"] == summary["arch"]  # a rerun reads the store: nothing scored again
+
+
 KILLER = r"""
 import os, signal, sys
 from nas3d_fast.search import SearchConfig, search
@@ -122,6 +134,7 @@ def test_killed_in_training_or_ranking_it_resumes_to_the_same_result(dataset, tm
     ({"candidates": 0}, "candidates must be an int >= 1"),
     ({"finetune_top": 9}, "finetune_top (9) cannot exceed candidates (5)"),
     ({"finetune_lr": 0}, "finetune_lr must be a number > 0"),
+    ({"proposer": "bayes"}, "proposer must be one of"),
 ])
 def test_bad_options(dataset, tmp_path, options, message):
     with pytest.raises(ValueError) as err:

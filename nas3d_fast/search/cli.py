@@ -58,6 +58,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--finetune-top", type=int, default=0, help="fine-tune the best N alone before picking (0: none)")
     s.add_argument("--finetune-steps", type=int, default=20, help="steps of each fine-tuning")
     s.add_argument("--finetune-lr", type=float, default=1e-3, help="Adam lr of the fine-tuning")
+    s.add_argument("--proposer", choices=("random", "evolution"), default="random",
+                   help="how the ranked candidates are chosen (evolution: C2FNAS's, told each inherited-weight Dice)")
     s = p.add_argument_group("dints searcher")
     s.add_argument("--warmup-epochs", type=int, help="epochs of weight training only (default: half the epochs)")
     s.add_argument("--ram-cost-factor", type=float, default=0.8,
@@ -134,7 +136,7 @@ def run_search(args) -> int:
         elif args.searcher == "oneshot":
             options = {"candidates": args.candidates, "eval_batches": args.eval_batches,
                        "finetune_top": args.finetune_top, "finetune_steps": args.finetune_steps,
-                       "finetune_lr": args.finetune_lr}
+                       "finetune_lr": args.finetune_lr, "proposer": args.proposer}
         else:
             options = {"warmup_epochs": args.warmup_epochs, "ram_cost_factor": args.ram_cost_factor,
                        "sample_ops": args.sample_ops, "memory_model": args.memory_model,

@@ -4,7 +4,8 @@
    (``space.sample``, so every path is feasible by construction; ``supernet.child_weights``: only that
    path runs). The architecture of step s is drawn from a generator seeded by (seed, s), so a resumed
    search, and every process of a distributed one, trains the same paths.
-2. **Ranking on inherited weights**: ``candidates`` distinct architectures (seeded) are scored by the mean
+2. **Ranking on inherited weights**: ``candidates`` distinct architectures (seeded; uniform, or proposed one
+   at a time by C2FNAS's evolution told each score: ``proposer="evolution"``) are scored by the mean
    foreground Dice of the supernet's path on ``eval_batches`` patch batches of the architecture cases
    (held out from the weight training, the 4:1 split), all in eval mode. Each candidate is a trial of the
    part-2 trial store (``RUN/trials.db``): a search killed while ranking keeps the candidates already
@@ -32,6 +33,11 @@ from .trials.searcher import Trial
 from .trials.store import TrialStore
 
 
+#: how the ranked candidates are chosen: uniformly at random, or by C2FNAS's evolution (part 2's
+#: EvolutionSearch, asked one candidate at a time and told each inherited-weight Dice).
+PROPOSERS = ("random", "evolution")
+
+
 def _step_rng(seed: int, step: int, what: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(step), int(what)]))
 
@@ -51,13 +57,17 @@ def mean_dice(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 class OneShotSearch(SupernetSearch):
     """See the module docstring. Options: ``candidates`` (K, default 20), ``eval_batches`` (4),
-    ``finetune_top`` (N, default 0), ``finetune_steps`` (20), ``finetune_lr`` (1e-3). The rest is
+    ``finetune_top`` (N, default 0), ``finetune_steps`` (20), ``finetune_lr`` (1e-3), ``proposer`` (random or
+    evolution, :data:`PROPOSERS`). The rest is
     :class:`~nas3d_fast.search.base.SupernetSearch`'s (no architecture steps: the logits stay untouched)."""
 
     name = "oneshot"
 
     def __init__(self, *args, candidates: int = 20, eval_batches: int = 4, finetune_top: int = 0,
-                 finetune_steps: int = 20, finetune_lr: float = 1e-3, **kwargs):
+                 finetune_steps: int = 20, finetune_lr: float = 1e-3, proposer: str = "random", **kwargs):
+        if proposer not in PROPOSERS:
+            raise ValueError(f"proposer must be one of {PROPOSERS}, got {proposer!r}")
+        self.proposer = proposer
         for name, value, low in (("candidates", candidates, 1), ("eval_batches", eval_batches, 1),
                                  ("finetune_top", finetune_top, 0), ("finetune_steps", finetune_steps, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -74,7 +84,7 @@ class OneShotSearch(SupernetSearch):
 
     def options(self) -> dict:
         return {"candidates": self.candidates, "eval_batches": self.eval_batches, "finetune_top": self.finetune_top,
-                "finetune_steps": self.finetune_steps, "finetune_lr": self.finetune_lr}
+                "finetune_steps": self.finetune_steps, "finetune_lr": self.finetune_lr, "proposer": self.proposer}
 
     # -- supernet training ---------------------------------------------------------------------------
 
@@ -132,9 +142,38 @@ class OneShotSearch(SupernetSearch):
             opt.step()
         return net
 
+    def _evolved(self, batches) -> list:
+        """The candidates as EvolutionSearch proposes them, scored on the inherited weights, through the trial
+        search driver (its store, resume and searcher state) with an in-process evaluator."""
+        from .trials import TrialSearch, TrialSearchConfig
+        from .trials.evolution import EvolutionSearch
+
+        if self.group.world > 1:
+            raise ValueError("proposer='evolution' runs in one process; use proposer='random' under torchrun")
+        space = self.space
+
+        def evaluate(job) -> dict:
+            arch = space.arch_from_json(job.arch_json)
+            score = self.score(self.supernet, batches, self.supernet.child_weights(arch))
+            return {"score": score, "metrics": {"inherited_dice": score}}
+
+        clusters = min(8, max(1, self.candidates // 4))
+        searcher = EvolutionSearch(space, seed=self.config.seed, clusters=clusters)
+        config = TrialSearchConfig(trials=self.candidates, trial_steps=1, progress=False)
+        TrialSearch(space, searcher, evaluate, self.out_dir, config,
+                    {"supernet": {"options": self.options(), "steps": self.config.total_steps}}).run()
+        with TrialStore(os.path.join(self.out_dir, "trials.db"), space) as store:
+            return store.trials("done")
+
     def rank(self) -> None:
         """Steps 2 and 3 of the module docstring; sets ``self.result``."""
         space = self.space
+        if self.proposer == "evolution":
+            batches = self._eval_set()
+            trials = self._evolved(batches)
+            with TrialStore(os.path.join(self.out_dir, "trials.db"), space) as store:
+                self._ranked(trials, batches, store, False, True)
+            return
         store = None if not self.group.is_main else TrialStore(os.path.join(self.out_dir, "trials.db"), space, {
             "searcher": self.name, "space": space.name, "space_options": dict(space.options),
             "options": self.options(), "seed": self.config.seed, "steps": self.config.total_steps})
@@ -170,27 +209,32 @@ class OneShotSearch(SupernetSearch):
                     store.start(trial_id, "inherited weights")
                     known = store.finish(trial_id, {"score": score, "metrics": {"inherited_dice": score}})
                 trials.append(known)
-            order = {t.encoding: i for i, t in enumerate(trials)}  # ties: the earlier candidate (same on every rank)
-            ranked = sorted(trials, key=lambda t: (-t.score, order[t.encoding]))
-            best = ranked[0]
-            if self.finetune_top:
-                tuned = []
-                for t in ranked[: self.finetune_top]:
-                    value = None if rescore else t.metrics.get("finetuned_dice")
-                    if value is None:
-                        value = self.score(self.finetune(t.arch), batches)
-                    if main and t.metrics.get("finetuned_dice") is None:
-                        with store.transaction():
-                            metrics = {**t.metrics, "finetuned_dice": value}
-                            store.db.execute("UPDATE trials SET metrics = ? WHERE id = ?",
-                                             (json.dumps(metrics), t.id))
-                    tuned.append((value, -order[t.encoding], t))
-                best = max(tuned, key=lambda v: (v[0], v[1]))[2]
-            self.result = best.arch
-            self.ranking = [{"id": t.id, "inherited_dice": t.score, "encoding": list(t.encoding)} for t in ranked]
+            self._ranked(trials, batches, store, rescore, main)
         finally:
             if store is not None:
                 store.close()
+
+
+    def _ranked(self, trials: list, batches, store, rescore: bool, main: bool) -> None:
+        """Rank the scored ``trials``, fine-tune the top N, set ``self.result`` and ``self.ranking``."""
+        order = {t.encoding: i for i, t in enumerate(trials)}  # ties: the earlier candidate (same on every rank)
+        ranked = sorted(trials, key=lambda t: (-t.score, order[t.encoding]))
+        best = ranked[0]
+        if self.finetune_top:
+            tuned = []
+            for t in ranked[: self.finetune_top]:
+                value = None if rescore else t.metrics.get("finetuned_dice")
+                if value is None:
+                    value = self.score(self.finetune(t.arch), batches)
+                if main and t.metrics.get("finetuned_dice") is None:
+                    with store.transaction():
+                        metrics = {**t.metrics, "finetuned_dice": value}
+                        store.db.execute("UPDATE trials SET metrics = ? WHERE id = ?",
+                                         (json.dumps(metrics), t.id))
+                tuned.append((value, -order[t.encoding], t))
+            best = max(tuned, key=lambda v: (v[0], v[1]))[2]
+        self.result = best.arch
+        self.ranking = [{"id": t.id, "inherited_dice": t.score, "encoding": list(t.encoding)} for t in ranked]
 
     def _finish(self) -> dict:
         if self.step >= self.config.total_steps or self.stopped_by_time:
