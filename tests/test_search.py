@@ -143,7 +143,7 @@ def test_cli_search_then_resume(dataset, tmp_path, capsys):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (["--searcher", "evolution"], "invalid choice: 'evolution'"),
+        (["--searcher", "bayesian"], "invalid choice: 'bayesian'"),
         (["--space", "nowhere"], "nowhere"),
         (["--space", "tautoml"], "tautoml"),
         (["--patch", "16", "16", "15"], "patch"),
