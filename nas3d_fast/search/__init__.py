@@ -5,12 +5,17 @@
                      space_options={"num_blocks": 4})
 
 Supernet searches share :class:`SupernetSearch` (the loop, the resumable state, the run folder);
-:class:`GumbelSearch` is SCNAS's, :class:`DiNTSSearch` MONAI's DiNTS loop. ``nas3d search`` drives them from the command line.
+:class:`GumbelSearch` is SCNAS's, :class:`DiNTSSearch` MONAI's DiNTS loop, :class:`OneShotSearch` single-path
+one-shot (C2FNAS's fine stage), :class:`ENASSearch` RONASMIS's controller. Trial searches (random, evolution,
+relation predictor) are in ``nas3d_fast.search.trials``. ``nas3d search`` drives them all from the command line.
 """
 
 from .base import SearchConfig, SupernetSearch
 from .dints import DiNTSSearch
+from .enas import ENASSearch
 from .gumbel import GumbelSearch
+from .oneshot import OneShotSearch
 from .run import SEARCHERS, search, split_weight_arch
 
-__all__ = ["SEARCHERS", "DiNTSSearch", "GumbelSearch", "SearchConfig", "SupernetSearch", "search", "split_weight_arch"]
+__all__ = ["SEARCHERS", "DiNTSSearch", "ENASSearch", "GumbelSearch", "OneShotSearch", "SearchConfig",
+           "SupernetSearch", "search", "split_weight_arch"]

@@ -29,7 +29,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
                    help="search space (supernet searchers: dints, scnas, c2fnas, ronasmis; trial searchers: any)")
     p.add_argument("--searcher", required=True, choices=sorted(SEARCHERS) + sorted(TRIAL_SEARCHERS),
                    help="supernet searchers: gumbel (SCNAS's Gumbel search, any space with a supernet), dints "
-                        "(MONAI's DiNTS, dints space), oneshot (single-path one-shot, ranked on inherited weights); "
+                        "(MONAI's DiNTS, dints space), oneshot (single-path one-shot, ranked on inherited weights), enas "
+                        "(RONASMIS's controller); "
                         "trial searchers (each candidate trained on its own): random, "
                         "evolution (C2FNAS), predictor (T-AutoML's relation predictor)")
     p.add_argument("--data", required=True, metavar="DIR", help="dataset folder in MSD layout (dataset.json ...)")
@@ -60,8 +61,18 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--finetune-lr", type=float, default=1e-3, help="Adam lr of the fine-tuning")
     s.add_argument("--proposer", choices=("random", "evolution"), default="random",
                    help="how the ranked candidates are chosen (evolution: C2FNAS's, told each inherited-weight Dice)")
+    s = p.add_argument_group("enas searcher (RONASMIS: an LSTM controller, children sharing the supernet)")
+    s.add_argument("--children", type=int, default=4, help="children scored per controller step (RONASMIS: 20)")
+    s.add_argument("--controller-lr", type=float, default=3.5e-4, help="Adam lr of the controller (ENAS: 3.5e-4)")
+    s.add_argument("--entropy-weight", type=float, default=1e-4, help="entropy bonus of the controller loss")
+    s.add_argument("--resource", choices=("memory", "flops"),
+                   help="reward = Dice * (cost / --resource-target) ** --resource-weight (MnasNet's factor)")
+    s.add_argument("--resource-target", type=float, metavar="BYTES_OR_FLOPS",
+                   help="the children's target predicted training peak (bytes) or FLOPs of one patch")
+    s.add_argument("--resource-weight", type=float, default=-0.07, help="the resource factor's exponent (<= 0)")
     s = p.add_argument_group("dints searcher")
-    s.add_argument("--warmup-epochs", type=int, help="epochs of weight training only (default: half the epochs)")
+    s.add_argument("--warmup-epochs", type=int,
+                   help="epochs of weight training only (dints default: half the epochs; enas: 0)")
     s.add_argument("--ram-cost-factor", type=float, default=0.8,
                    help="target memory of the found network as a fraction of the supernet's (MONAI: 0.8)")
     s.add_argument("--sample-ops", action="store_true", help="two ops per edge by gumbel_topk instead of all")
@@ -133,6 +144,11 @@ def run_search(args) -> int:
         if args.searcher == "gumbel":
             options = {"k": args.k, "tau_start": args.tau_start, "tau_end": args.tau_end,
                        "tau_schedule": args.tau_schedule}
+        elif args.searcher == "enas":
+            options = {"children": args.children, "warmup_epochs": args.warmup_epochs or 0,
+                       "controller_lr": args.controller_lr, "entropy_weight": args.entropy_weight,
+                       "resource": args.resource, "resource_target": args.resource_target,
+                       "resource_weight": args.resource_weight}
         elif args.searcher == "oneshot":
             options = {"candidates": args.candidates, "eval_batches": args.eval_batches,
                        "finetune_top": args.finetune_top, "finetune_steps": args.finetune_steps,

@@ -14,12 +14,13 @@ from ..train.run import DataSettings, PatchSample
 from .base import SearchConfig, SupernetSearch
 from .distributed import ProcessGroup, RankSamples
 from .dints import DiNTSSearch
+from .enas import ENASSearch
 from .gumbel import GumbelSearch
 from .oneshot import OneShotSearch
 
 #: searcher name (``nas3d search --searcher``) -> its class.
 SEARCHERS: dict[str, type[SupernetSearch]] = {"gumbel": GumbelSearch, "dints": DiNTSSearch,
-                                              "oneshot": OneShotSearch}
+                                              "oneshot": OneShotSearch, "enas": ENASSearch}
 
 
 def split_weight_arch(ids: list[str], seed: int, arch_fraction: float = 0.2) -> tuple[list[str], list[str]]:
