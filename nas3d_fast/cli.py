@@ -6,7 +6,8 @@ nas3d infer ...      label maps for NIfTI images with a checkpoint (see nas3d_fa
 nas3d data ...       datasets in MSD layout: `mni152` (real MRI from nilearn's template), `synthetic` (blobs)
 nas3d train ...      train one architecture of a search space on an MSD-layout dataset (nas3d_fast/train)
 nas3d search ...     search a space for an architecture on an MSD-layout dataset (nas3d_fast/search);
-                     nas3d search status RUN: the trials of a trial search
+                     nas3d search status RUN: the trials of a trial search; nas3d search rank RUN --against
+                     RUN2: Kendall tau / Spearman rho between two runs' scores of the same architectures
 nas3d profile ...    training-step peak memory of a space's candidates (see nas3d_fast/profile/cli.py)
 """
 
@@ -270,10 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:2] == ["search", "status"]:  # a subcommand of search, whose own options are required
+    if argv[:2] == ["search", "status"]:  # subcommands of search, whose own options are required
         from .search.cli import status_main
 
         return status_main(argv[2:])
+    if argv[:2] == ["search", "rank"]:
+        from .search.rank import rank_main
+
+        return rank_main(argv[2:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -15,7 +15,8 @@ from .dints import DiNTSSearch
 from .enas import ENASSearch
 from .gumbel import GumbelSearch
 from .oneshot import OneShotSearch
+from .rank import RankCorrelation, compare_runs, rank_correlation
 from .run import SEARCHERS, search, split_weight_arch
 
-__all__ = ["SEARCHERS", "DiNTSSearch", "ENASSearch", "GumbelSearch", "OneShotSearch", "SearchConfig",
-           "SupernetSearch", "search", "split_weight_arch"]
+__all__ = ["SEARCHERS", "DiNTSSearch", "ENASSearch", "GumbelSearch", "OneShotSearch", "RankCorrelation",
+           "SearchConfig", "SupernetSearch", "compare_runs", "rank_correlation", "search", "split_weight_arch"]
