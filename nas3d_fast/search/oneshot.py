@@ -58,7 +58,7 @@ def mean_dice(logits: torch.Tensor, labels: torch.Tensor) -> float:
 class OneShotSearch(SupernetSearch):
     """See the module docstring. Options: ``candidates`` (K, default 20), ``eval_batches`` (4),
     ``finetune_top`` (N, default 0), ``finetune_steps`` (20), ``finetune_lr`` (1e-3), ``proposer`` (random or
-    evolution, :data:`PROPOSERS`). The rest is
+    evolution, ``PROPOSERS``). The rest is
     :class:`~nas3d_fast.search.base.SupernetSearch`'s (no architecture steps: the logits stay untouched)."""
 
     name = "oneshot"
