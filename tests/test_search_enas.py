@@ -11,21 +11,17 @@ import pytest
 import torch
 
 from nas3d_fast import cli
-from nas3d_fast.data import make_synthetic
 from nas3d_fast.search import SearchConfig, search
 from nas3d_fast.train.run import DataSettings
 
-SPACE = "ronasmis"
-SPACE_OPTIONS = {"base_channels": 2, "depth": 2, "layers_per_stage": 1}
-CLI_SPACE = ["--space", SPACE, "--space-option", "base_channels=2", "--space-option", "depth=2",
-             "--space-option", "layers_per_stage=1"]
+sys.path.insert(0, os.path.dirname(__file__))
+from search_fixtures import CLI_SPACE, SPACE, SPACE_OPTIONS, synthetic_dataset  # noqa: E402
+
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("syn") / "data"
-    make_synthetic(str(root), train=5, test=1, shape=(20, 20, 20), validation=1, seed=0)
-    return str(root)
+    return synthetic_dataset(tmp_path_factory)
 
 
 def _search(dataset, out, options=None):

@@ -11,23 +11,21 @@ import sys
 import pytest
 
 from nas3d_fast import cli
-from nas3d_fast.data import make_synthetic
 from nas3d_fast.search import SearchConfig, search
 from nas3d_fast.search.oneshot import OneShotSearch, mean_dice
 from nas3d_fast.search.trials import TrialStore
 from nas3d_fast.spaces import base
 from nas3d_fast.train.run import DataSettings
 
-SPACE = "ronasmis"
-SPACE_OPTIONS = {"base_channels": 2, "depth": 2, "layers_per_stage": 1}
+sys.path.insert(0, os.path.dirname(__file__))
+from search_fixtures import CLI_SPACE, SPACE, SPACE_OPTIONS, synthetic_dataset  # noqa: E402
+
 OPTIONS = {"candidates": 5, "eval_batches": 2}
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("syn") / "data"
-    make_synthetic(str(root), train=5, test=1, shape=(20, 20, 20), validation=1, seed=0)
-    return str(root)
+    return synthetic_dataset(tmp_path_factory)
 
 
 def _search(dataset, out, options=OPTIONS, on_step=None):
@@ -60,9 +58,8 @@ def test_a_oneshot_search_ranks_candidates_in_the_store_and_its_result_trains(da
     assert [r["inherited_dice"] for r in summary["ranking"]] == sorted((t.score for t in trials), reverse=True)
     for name in ("arch.json", "search.csv", "history.jsonl", "report.png", "summary.json", "checkpoint.pt"):
         assert (out / name).exists(), name
-    argv = ["train", "--space", SPACE, *sum((["--space-option", f"{k}={v}"] for k, v in SPACE_OPTIONS.items()), []),
-            "--arch", str(out / "arch.json"), "--data", dataset, "--out", str(tmp_path / "t"), "--epochs", "1",
-            "--steps-per-epoch", "1", "--patch", "16", "16", "16", "--quiet", "--device", "cpu"]
+    argv = ["train", *CLI_SPACE, "--arch", str(out / "arch.json"), "--data", dataset, "--out", str(tmp_path / "t"),
+            "--epochs", "1", "--steps-per-epoch", "1", "--patch", "16", "16", "16", "--quiet", "--device", "cpu"]
     assert cli.main(argv) == 0
 
 

@@ -377,14 +377,20 @@ class SupernetSearch:
         weight_loss = self._backward_step(self._forward_loss(*weight_batch, weights), self.weight_opt, "weight")
         row = {"weight_loss": weight_loss, "arch_loss": "", "seg_loss": ""}
         if self.arch_step_due(step):
-            weights = self.path_weights(step, for_arch=True)
-            seg = self._forward_loss(*arch_batch, weights)
-            total, terms = self.arch_objective(seg.float(), step)
-            row.update(
-                arch_loss=self._backward_step(total, self.arch_opt, "architecture"),
-                seg_loss=self.group.mean(float(seg.detach())),
-            )
-            row.update({k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in terms.items()})
+            row.update(self._arch_step(step, arch_batch))
+        return row
+
+    def _arch_step(self, step: int, arch_batch) -> dict:
+        """The architecture step of ``step`` on ``arch_batch``; its search.csv entries (ENAS replaces it with
+        its controller's update)."""
+        weights = self.path_weights(step, for_arch=True)
+        seg = self._forward_loss(*arch_batch, weights)
+        total, terms = self.arch_objective(seg.float(), step)
+        row = {
+            "arch_loss": self._backward_step(total, self.arch_opt, "architecture"),
+            "seg_loss": self.group.mean(float(seg.detach())),
+        }
+        row.update({k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in terms.items()})
         return row
 
     # -- the loop ------------------------------------------------------------------------------------

@@ -133,19 +133,11 @@ class ENASSearch(SupernetSearch):
         self.supernet.train()
         return rewards
 
-    def _one_step(self, weight_batch, arch_batch) -> dict:
-        step = self.step
-        self.supernet.train()
-        weights = self.path_weights(step, for_arch=False)
-        weight_loss = self._backward_step(self._forward_loss(*weight_batch, weights), self.weight_opt, "weight")
-        row = {"weight_loss": weight_loss, "arch_loss": "", "seg_loss": ""}
-        if self.arch_step_due(step):
-            x, y = arch_batch[0].to(self.device), arch_batch[1]
-            codes, log_probs, entropies = self.controller.sample(_generator(self.config.seed, step, 1), self.children)
-            rewards = self._rewards(codes, x, y)
-            out = self.reinforce.update(log_probs, entropies, rewards)
-            row.update(arch_loss=out["loss"], reward=out["mean_reward"], baseline=out["baseline"])
-        return row
+    def _arch_step(self, step: int, arch_batch) -> dict:
+        x, y = arch_batch[0].to(self.device), arch_batch[1]
+        codes, log_probs, entropies = self.controller.sample(_generator(self.config.seed, step, 1), self.children)
+        out = self.reinforce.update(log_probs, entropies, self._rewards(codes, x, y))
+        return {"arch_loss": out["loss"], "reward": out["mean_reward"], "baseline": out["baseline"]}
 
     # -- result and state ----------------------------------------------------------------------------
 
