@@ -14,7 +14,16 @@ from nas3d_fast.search.trials.predictor import RelationPredictorSearch
 from nas3d_fast.search.trials.searcher import Trial
 from nas3d_fast.spaces import base
 
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread in this module's tests only (set at import, it would hold for the whole session and
+    change other tests' float results)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 #: small settings for the tests that exercise the protocol rather than the predictor's quality.
 SMALL = {"initial": 4, "min_trials": 4, "pool": 16, "epochs": 3, "explore": 0.25}
