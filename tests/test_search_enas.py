@@ -3,6 +3,7 @@ REINFORCE; its state is in the search checkpoint (bit-identical resume after SIG
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -109,3 +110,17 @@ def test_a_space_without_a_supernet_is_refused(dataset, tmp_path, capsys):
             "--patch", "16", "16", "16", "--quiet", "--device", "cpu"]
     assert cli.main(argv) == 2
     assert "trial searcher" in capsys.readouterr().err
+
+
+def test_a_memory_budget_is_the_memory_resources_target(dataset, tmp_path, capsys):
+    argv = ["search", *CLI_SPACE, "--searcher", "enas", "--children", "2", "--data", dataset, "--epochs", "1",
+            "--steps-per-epoch", "2", "--patch", "16", "16", "16", "--batch-size", "1", "--quiet", "--device", "cpu"]
+    assert cli.main([*argv, "--out", str(tmp_path / "a"), "--memory-budget", "8MiB"]) == 2
+    assert "--memory-budget needs --target" in capsys.readouterr().err
+    assert cli.main([*argv, "--out", str(tmp_path / "b"), "--memory-budget", "8MiB", "--target", "cpu",
+                     "--resource", "flops"]) == 2
+    assert "either it or --resource" in capsys.readouterr().err
+    assert cli.main([*argv, "--out", str(tmp_path / "c"), "--memory-budget", "8MiB", "--target", "cpu"]) == 0
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert summary["options"]["resource"] == "memory" and summary["options"]["memory_target"] == "cpu"
+    assert summary["options"]["resource_target"] == 8 * 2**20

@@ -3,7 +3,7 @@ samples candidates "within 300 MB of a target")."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import torch
@@ -64,6 +64,8 @@ def sample_within(
     target: str = "cuda",
     device: str | None = None,
     return_report: bool = False,
+    cache: dict | None = None,
+    exclude: Collection = (),
     **step: object,
 ):
     """A random architecture of ``space`` whose training-step peak lies in
@@ -79,6 +81,10 @@ def sample_within(
         max_tries: candidates drawn before giving up. num_classes and ``step`` (loss, optimizer,
             amp, steps): as in the profiler functions.
         return_report: return (arch, MemoryReport) instead of the architecture alone.
+        cache: a dict (architecture -> MemoryReport) kept across calls with the same other arguments, so
+            that drawing many candidates (HyperSegNAS's constrained set) measures or predicts each
+            architecture once; filled here.
+        exclude: architectures not to return (e.g. the candidates already drawn); they count as tries.
 
     Raises BudgetError when no drawn candidate fits: the message says whether the budget is below
     the smallest candidate found (infeasible for the space) or the window was missed, with the range
@@ -98,11 +104,12 @@ def sample_within(
     space.check_patch(tuple(input_shape)[1:])
     rng = as_rng(rng)
     low = budget - int(tolerance)
+    known = cache if cache is not None else {}
     seen: dict = {}
     for _ in range(int(max_tries)):
         arch = space.sample(rng)
-        if arch not in seen:
-            seen[arch] = candidate_memory(
+        if arch not in known:
+            known[arch] = candidate_memory(
                 space,
                 arch,
                 input_shape,
@@ -113,8 +120,8 @@ def sample_within(
                 device=device,
                 **step,
             )
-        report = seen[arch]
-        if low <= report.peak_bytes <= budget:
+        report = seen[arch] = known[arch]
+        if arch not in exclude and low <= report.peak_bytes <= budget:
             return (arch, report) if return_report else arch
     peaks = [r.peak_bytes for r in seen.values()]
     where = f"measured on {device}" if mode == "measure" else f"predicted for {target}"

@@ -6,7 +6,8 @@
 
 Supernet searches share :class:`SupernetSearch` (the loop, the resumable state, the run folder);
 :class:`GumbelSearch` is SCNAS's, :class:`DiNTSSearch` MONAI's DiNTS loop, :class:`OneShotSearch` single-path
-one-shot (C2FNAS's fine stage), :class:`ENASSearch` RONASMIS's controller. Trial searches (random, evolution,
+one-shot (C2FNAS's fine stage), :class:`HyperNetSearch` HyperSegNAS's (a Meta-Assistant Network, annealing, a
+memory-constrained ranking), :class:`ENASSearch` RONASMIS's controller. Trial searches (random, evolution,
 relation predictor) are in ``nas3d_fast.search.trials``. ``nas3d search`` drives them all from the command line.
 """
 
@@ -14,9 +15,10 @@ from .base import SearchConfig, SupernetSearch
 from .dints import DiNTSSearch
 from .enas import ENASSearch
 from .gumbel import GumbelSearch
+from .hypernet import HyperNetSearch
 from .oneshot import OneShotSearch
 from .rank import RankCorrelation, compare_runs, rank_correlation
 from .run import SEARCHERS, search, split_weight_arch
 
-__all__ = ["SEARCHERS", "DiNTSSearch", "ENASSearch", "GumbelSearch", "OneShotSearch", "RankCorrelation",
-           "SearchConfig", "SupernetSearch", "compare_runs", "rank_correlation", "search", "split_weight_arch"]
+__all__ = ["SEARCHERS", "DiNTSSearch", "ENASSearch", "GumbelSearch", "HyperNetSearch", "OneShotSearch",
+           "RankCorrelation", "SearchConfig", "SupernetSearch", "compare_runs", "rank_correlation", "search", "split_weight_arch"]

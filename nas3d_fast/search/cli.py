@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from ..spaces.cli import space_option
@@ -19,6 +20,20 @@ from ..train.cli import add_data_arguments, data_settings
 from ..train.losses import LOSSES
 from ..train.optim import OPTIMIZERS, SCHEDULES
 from .gumbel import TAU_SCHEDULES
+
+
+_UNITS = {"": 2**20, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+          "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+
+
+def memory_size(text: str) -> int:
+    """A memory size in bytes (>= 0) from "8GiB", "300MiB", "2.5GB" or a bare number of MiB ("512")."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a memory size: a number with a unit (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB; e.g. "
+            f"8GiB) or a bare number of MiB")
+    return int(round(float(m.group(1)) * _UNITS[m.group(2).lower()]))
 
 
 def add_search_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,8 +44,9 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
                    help="search space (supernet searchers: dints, scnas, c2fnas, ronasmis; trial searchers: any)")
     p.add_argument("--searcher", required=True, choices=sorted(SEARCHERS) + sorted(TRIAL_SEARCHERS),
                    help="supernet searchers: gumbel (SCNAS's Gumbel search, any space with a supernet), dints "
-                        "(MONAI's DiNTS, dints space), oneshot (single-path one-shot, ranked on inherited weights), enas "
-                        "(RONASMIS's controller); "
+                        "(MONAI's DiNTS, dints space), oneshot (single-path one-shot, ranked on inherited weights), "
+                        "hypernet (HyperSegNAS: a Meta-Assistant Network, then a memory-constrained ranking; dints "
+                        "space), enas (RONASMIS's controller); "
                         "trial searchers (each candidate trained on its own): random, "
                         "evolution (C2FNAS), predictor (T-AutoML's relation predictor)")
     p.add_argument("--data", required=True, metavar="DIR", help="dataset folder in MSD layout (dataset.json ...)")
@@ -61,6 +77,24 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--finetune-lr", type=float, default=1e-3, help="Adam lr of the fine-tuning")
     s.add_argument("--proposer", choices=("random", "evolution"), default="random",
                    help="how the ranked candidates are chosen (evolution: C2FNAS's, told each inherited-weight Dice)")
+    m = p.add_argument_group("memory budget (oneshot, hypernet: the ranked candidates; enas: the resource target; "
+                             "dints: with --memory-model predicted)")
+    m.add_argument("--memory-budget", type=memory_size, metavar="SIZE",
+                   help="training-step peak to stay within, e.g. 8GiB or 300MiB (a bare number is MiB); the "
+                        "oneshot and hypernet candidates are drawn inside [SIZE - --tolerance, SIZE]")
+    m.add_argument("--tolerance", type=memory_size, metavar="SIZE",
+                   help="how far below the budget a candidate may stay (default 300MiB, HyperSegNAS's window, or "
+                        "the whole budget if smaller)")
+    m.add_argument("--target", choices=("cuda", "cpu"),
+                   help="the device whose allocator the peak is predicted for (required with --memory-budget)")
+    s = p.add_argument_group("hypernet searcher (HyperSegNAS; also the oneshot options above)")
+    s.add_argument("--w-fixed", type=float, default=0.5, help="the constant channel weight annealed to (paper: 0.5)")
+    s.add_argument("--anneal-steps", type=int,
+                   help="steps of the annealing at the end of the training (default a ninth of the steps, as the "
+                        "paper's 20,000 of 180,000)")
+    s.add_argument("--encoder-width", type=int, default=16, help="the MAN image encoder's first width")
+    s.add_argument("--image-dim", type=int, default=256, help="the image vector's size (paper: 256)")
+    s.add_argument("--hyper-hidden", type=int, default=256, help="the HyperNet's hidden units")
     s = p.add_argument_group("enas searcher (RONASMIS: an LSTM controller, children sharing the supernet)")
     s.add_argument("--children", type=int, default=4, help="children scored per controller step (RONASMIS: 20)")
     s.add_argument("--controller-lr", type=float, default=3.5e-4, help="Adam lr of the controller (ENAS: 3.5e-4)")
@@ -79,9 +113,6 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--memory-model", choices=("analytic", "predicted"), default="analytic",
                    help="the memory term's usage: MONAI's formula, or fitted to the package's predicted training "
                         "peak of sampled networks (beyond MONAI)")
-    s.add_argument("--memory-budget", type=float, metavar="MIB",
-                   help="with --memory-model predicted: the found network's training peak to aim at, in MiB "
-                        "(instead of --ram-cost-factor)")
     s.add_argument("--memory-samples", type=int, default=24, help="networks predicted for the fit (default 24)")
     t = p.add_argument_group("trial searchers (random, evolution, predictor)")
     t.add_argument("--trials", type=int, default=20, help="candidates to train (a rerun with more extends the search)")
@@ -149,14 +180,27 @@ def run_search(args) -> int:
                        "controller_lr": args.controller_lr, "entropy_weight": args.entropy_weight,
                        "resource": args.resource, "resource_target": args.resource_target,
                        "resource_weight": args.resource_weight}
-        elif args.searcher == "oneshot":
+            if args.memory_budget is not None:  # the budget is the memory resource's target
+                if args.resource not in (None, "memory") or args.resource_target is not None:
+                    raise ValueError("--memory-budget with enas is the memory resource's target: give either it "
+                                     "or --resource/--resource-target")
+                if args.target is None:
+                    raise ValueError("--memory-budget needs --target (cuda or cpu: the allocator predicted)")
+                options.update(resource="memory", resource_target=float(args.memory_budget),
+                               memory_target=args.target)
+        elif args.searcher in ("oneshot", "hypernet"):
             options = {"candidates": args.candidates, "eval_batches": args.eval_batches,
                        "finetune_top": args.finetune_top, "finetune_steps": args.finetune_steps,
-                       "finetune_lr": args.finetune_lr, "proposer": args.proposer}
+                       "finetune_lr": args.finetune_lr, "proposer": args.proposer,
+                       "memory_budget": args.memory_budget, "tolerance": args.tolerance, "target": args.target}
+            if args.searcher == "hypernet":
+                options.update(w_fixed=args.w_fixed, anneal_steps=args.anneal_steps,
+                               encoder_width=args.encoder_width, image_dim=args.image_dim, hidden=args.hyper_hidden)
         else:
             options = {"warmup_epochs": args.warmup_epochs, "ram_cost_factor": args.ram_cost_factor,
                        "sample_ops": args.sample_ops, "memory_model": args.memory_model,
-                       "memory_budget_mib": args.memory_budget, "memory_samples": args.memory_samples}
+                       "memory_budget_mib": None if args.memory_budget is None else args.memory_budget / 2**20,
+                       "memory_samples": args.memory_samples, "memory_target": args.target}
         summary = search(
             args.space,
             args.searcher,

@@ -41,7 +41,8 @@ class ENASSearch(SupernetSearch):
     """See the module docstring. Options: ``children`` per controller step (RONASMIS samples 20; default 4),
     ``warmup_epochs`` (0), ``controller_lr`` (3.5e-4, ENAS), ``entropy_weight`` (1e-4), ``baseline_decay``
     (0.95), ``hidden`` (64), ``resource`` (None, "memory" or "flops"), ``resource_target`` (bytes or FLOPs,
-    required with a resource), ``resource_weight`` (MnasNet's -0.07)."""
+    required with a resource), ``resource_weight`` (MnasNet's -0.07), ``memory_target`` (the allocator the
+    memory is predicted for, "cuda" or "cpu"; default the search's device)."""
 
     name = "enas"
     term_names = ("reward", "baseline")
@@ -49,7 +50,7 @@ class ENASSearch(SupernetSearch):
     def __init__(self, *args, children: int = 4, warmup_epochs: int = 0, controller_lr: float = 3.5e-4,
                  entropy_weight: float = 1e-4, baseline_decay: float = 0.95, hidden: int = 64,
                  resource: str | None = None, resource_target: float | None = None, resource_weight: float = -0.07,
-                 **kwargs):
+                 memory_target: str | None = None, **kwargs):
         for name, value, low in (("children", children, 1), ("warmup_epochs", warmup_epochs, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -57,6 +58,11 @@ class ENASSearch(SupernetSearch):
             raise ValueError(f"resource must be one of {RESOURCES}, got {resource!r}")
         if resource is not None and not (isinstance(resource_target, (int, float)) and resource_target > 0):
             raise ValueError(f"resource={resource!r} needs resource_target > 0 (bytes or FLOPs), got {resource_target!r}")
+        if memory_target not in (None, "cuda", "cpu"):
+            raise ValueError(f"memory_target must be 'cuda', 'cpu' or None, got {memory_target!r}")
+        if memory_target is not None and resource != "memory":
+            raise ValueError(f"memory_target={memory_target!r} applies to resource='memory' only")
+        self.memory_target = memory_target
         self.children, self.warmup_epochs = children, warmup_epochs
         self.resource, self.resource_target, self.resource_weight = resource, resource_target, float(resource_weight)
         self.controller_settings = {"controller_lr": float(controller_lr), "entropy_weight": float(entropy_weight),
@@ -72,9 +78,12 @@ class ENASSearch(SupernetSearch):
         self._costs: dict[tuple, float] = {}
 
     def options(self) -> dict:
-        return {"children": self.children, "warmup_epochs": self.warmup_epochs, "resource": self.resource,
-                "resource_target": self.resource_target, "resource_weight": self.resource_weight,
-                **self.controller_settings}
+        out = {"children": self.children, "warmup_epochs": self.warmup_epochs, "resource": self.resource,
+               "resource_target": self.resource_target, "resource_weight": self.resource_weight,
+               **self.controller_settings}
+        if self.memory_target is not None:
+            out["memory_target"] = self.memory_target
+        return out
 
     # -- children ------------------------------------------------------------------------------------
 
@@ -109,9 +118,10 @@ class ENASSearch(SupernetSearch):
                 with torch.device("meta"):
                     net = self.space.build(arch, self.meta["in_channels"], self.meta["num_classes"])
                 batch = int(self.meta.get("data", {}).get("batch_size") or 1)
-                target = "cuda" if self.device.type == "cuda" else "cpu"
-                self._costs[code] = float(predict_training_memory(
-                    net, shape, batch_size=batch, num_classes=self.meta["num_classes"], target=target).peak_bytes)
+                target = self.memory_target or ("cuda" if self.device.type == "cuda" else "cpu")
+                with torch.enable_grad():  # the rewards are computed under no_grad; the traced step needs autograd
+                    self._costs[code] = float(predict_training_memory(
+                        net, shape, batch_size=batch, num_classes=self.meta["num_classes"], target=target).peak_bytes)
         return self._costs[code]
 
     def _rewards(self, codes: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> list[float]:

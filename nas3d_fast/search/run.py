@@ -16,11 +16,13 @@ from .distributed import ProcessGroup, RankSamples
 from .dints import DiNTSSearch
 from .enas import ENASSearch
 from .gumbel import GumbelSearch
+from .hypernet import HyperNetSearch
 from .oneshot import OneShotSearch
 
 #: searcher name (``nas3d search --searcher``) -> its class.
 SEARCHERS: dict[str, type[SupernetSearch]] = {"gumbel": GumbelSearch, "dints": DiNTSSearch,
-                                              "oneshot": OneShotSearch, "enas": ENASSearch}
+                                              "oneshot": OneShotSearch, "hypernet": HyperNetSearch,
+                                              "enas": ENASSearch}
 
 
 def split_weight_arch(ids: list[str], seed: int, arch_fraction: float = 0.2) -> tuple[list[str], list[str]]:

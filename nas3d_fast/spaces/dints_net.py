@@ -166,7 +166,9 @@ def _cell(resample: nn.Module, op: nn.Module) -> nn.Sequential:
 class DintsNet(nn.Module):
     """The discrete network of a dints architecture. ``edges`` (L, E): 0 = edge off, k = op k - 1 of
     ``layout.ops``. ``placement`` "per_op" (MONAI: identity bare, the others ReLU-op-Norm) or "shared"
-    (every op, identity included, ReLU-op-Norm: what a shared-norm supernet's edge is at one-hot)."""
+    (every op, identity included, ReLU-op-Norm: what a shared-norm supernet's edge is at one-hot).
+    ``edge_scale``: a constant multiplying every edge's output (None: none), what the supernet's
+    ``channel_scales`` give with one value everywhere (HyperSegNAS's w_fixed, ``DintsSupernet.extract``)."""
 
     def __init__(
         self,
@@ -177,9 +179,11 @@ class DintsNet(nn.Module):
         placement: str = "per_op",
         cells: dict[str, nn.Module] | None = None,
         stems: Stems | None = None,
+        edge_scale: float | None = None,
     ):
         super().__init__()
         self.layout, self.placement = layout, placement
+        self.edge_scale = None if edge_scale is None else float(edge_scale)
         self.edges = tuple(tuple(int(v) for v in row) for row in edges)
         self.reads, self.writes, self.resample = edge_scales(layout.num_depths)
         self.cells = nn.ModuleDict()
@@ -209,6 +213,8 @@ class DintsNet(nn.Module):
             for e, v in enumerate(row):
                 if v:
                     y = self.cells[f"{layer}_{e}"](inputs[self.reads[e]])
+                    if self.edge_scale is not None:
+                        y = y * self.edge_scale
                     w = self.writes[e]
                     outputs[w] = y if outputs[w] is None else outputs[w] + y
             inputs = outputs
@@ -231,6 +237,13 @@ class DintsSupernet(Supernet):
     one edge writing it is on with a non-zero weight; with dense softmax/sigmoid weights every scale is.
     ``norm``: "per_op" (MONAI's ReLU-Conv-Norm per op, identity bare) or "shared" (one InstanceNorm per
     edge over the merged candidates).
+
+    Channel modulation (HyperSegNAS's Meta-Assistant Network, ``nas3d_fast.search.hypernet``):
+    ``forward(x, weights, channel_scales)`` multiplies the output of edge "l_e" channel by channel by
+    ``channel_scales["l_e"]``, (N, C) (one row per sample), (C,) or a number; ``modulation_slots()`` gives each
+    edge's (channels, candidates), ``active_slots(arch)`` the candidate each of ``arch``'s edges runs. The
+    scales multiply the edge's normalised output: scaling its kernels instead would be undone by the
+    InstanceNorm that follows them.
     """
 
     def __init__(self, layout: Layout, in_channels: int, num_classes: int, norm: str = "per_op"):
@@ -278,7 +291,19 @@ class DintsSupernet(Supernet):
         ops = F.one_hot((edges - 1).clamp(min=0), len(self.layout.ops)).float().to(device)
         return {"paths": paths, "ops": ops}
 
-    def extract(self, arch) -> DintsNet:
+    def modulation_slots(self) -> dict[str, tuple[int, int]]:
+        """Edge name "l_e" -> (its output channels, its candidates), in layer then edge order."""
+        lay = self.layout
+        return {f"{layer}_{e}": (lay.scale_channels(self.writes[e]), len(lay.ops))
+                for layer in range(lay.num_blocks) for e in range(lay.num_edges)}
+
+    def active_slots(self, arch) -> dict[str, int]:
+        """Edge name -> the candidate (index into the space's ops) ``arch`` runs on it, for its edges that are on."""
+        return {f"{layer}_{e}": v - 1 for layer, row in enumerate(arch.edges) for e, v in enumerate(row) if v}
+
+    def extract(self, arch, edge_scale: float | None = None) -> DintsNet:
+        """The discrete network of ``arch`` with this supernet's weights (copies); ``edge_scale``: a constant
+        multiplying every edge's output, as ``channel_scales`` of that one value do in ``forward``."""
         cells = {}
         for layer, row in enumerate(arch.edges):
             for e, v in enumerate(row):
@@ -293,9 +318,8 @@ class DintsSupernet(Supernet):
                         copy.deepcopy(resample), EdgeOp(copy.deepcopy(edge.ops[k]), copy.deepcopy(norm))
                     )
         stems = copy.deepcopy(self.stems)
-        return DintsNet(
-            self.layout, arch.edges, self.in_channels, self.num_classes, self.norm_placement, cells=cells, stems=stems
-        )
+        return DintsNet(self.layout, arch.edges, self.in_channels, self.num_classes, self.norm_placement,
+                        cells=cells, stems=stems, edge_scale=edge_scale)
 
     # -- forward ---------------------------------------------------------------------------------
 
@@ -323,7 +347,17 @@ class DintsSupernet(Supernet):
             return ops[0][i], ops[1][i]
         return ops[i]
 
-    def forward(self, x: torch.Tensor, weights) -> torch.Tensor:
+    def _channel_scale(self, y: torch.Tensor, scale) -> torch.Tensor:
+        if not isinstance(scale, torch.Tensor):
+            return y * float(scale)
+        if scale.dim() == 1:
+            scale = scale.view(1, -1)
+        if scale.dim() != 2 or scale.shape[1] != y.shape[1] or scale.shape[0] not in (1, y.shape[0]):
+            raise ValueError(f"a channel scale must be (N={y.shape[0]}, C={y.shape[1]}) or (C,), "
+                             f"got {tuple(scale.shape)}")
+        return y * scale.to(y.dtype)[:, :, None, None, None]
+
+    def forward(self, x: torch.Tensor, weights, channel_scales: dict | None = None) -> torch.Tensor:
         lay = self.layout
         runs, path_w, _, ops = self._parse(weights)
         if isinstance(ops, torch.Tensor) and tuple(ops.shape) != self.arch_shapes()["ops"]:
@@ -347,6 +381,8 @@ class DintsSupernet(Supernet):
                 if src is None:  # nothing was sampled into that scale: it holds zeros
                     src = x.new_zeros(shapes[self.reads[e]])
                 y = edge(resample(src), self._op_weights(ops, i), scale=path_w[i])
+                if channel_scales is not None and f"{layer}_{e}" in channel_scales:
+                    y = self._channel_scale(y, channel_scales[f"{layer}_{e}"])
                 w = self.writes[e]
                 # y is fresh and no backward reads it (norms and sums keep their inputs): sum in place.
                 outputs[w] = y if outputs[w] is None else outputs[w].add_(y)
