@@ -137,3 +137,35 @@ def test_bad_options(dataset, tmp_path, options, message):
     with pytest.raises(ValueError) as err:
         _search(dataset, tmp_path / "run", {**OPTIONS, **options})
     assert message in str(err.value)
+
+
+def test_the_ranked_candidates_trained_stand_alone_give_the_rank_correlation(dataset, tmp_path, capsys):
+    ranked = tmp_path / "ranked"
+    summary = _search(dataset, ranked)
+    alone = tmp_path / "alone"
+    argv = ["search", *CLI_SPACE, "--searcher", "given", "--archs-from", str(ranked), "--data", dataset,
+            "--out", str(alone), "--trials", "50", "--trial-steps", "2", "--patch", "16", "16", "16",
+            "--quiet", "--device", "cpu"]
+    assert cli.main(argv) == 0
+    trained = _trials(alone)
+    assert [list(t.encoding) for t in trained] == [r["encoding"] for r in summary["ranking"]]  # each once, in order
+    capsys.readouterr()
+    assert cli.main(["search", "rank", str(ranked), "--against", str(alone), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["pairs"] == 5 and result["only_in_a"] == result["only_in_b"] == 0
+    tau = result["correlation"]["kendall_tau"]
+    assert tau is None or -1 <= tau <= 1  # None: 2-step trials of tiny networks can tie on every score
+    assert cli.main(argv) == 0  # a rerun trains nothing again
+    assert len(_trials(alone)) == 5
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--searcher", "given"], "--searcher given and --archs-from RUN go together"),
+    (["--searcher", "oneshot", "--archs-from", "x"], "--archs-from RUN goes with --searcher given"),
+    (["--searcher", "given", "--archs-from", "nowhere"], "no summary.json there"),
+])
+def test_given_architectures_need_a_ranked_run(dataset, tmp_path, capsys, extra, message):
+    argv = ["search", *CLI_SPACE, *extra, "--data", dataset, "--out", str(tmp_path / "r"), "--patch", "16", "16",
+            "16", "--quiet", "--device", "cpu"]
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -48,7 +48,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
                         "hypernet (HyperSegNAS: a Meta-Assistant Network, then a memory-constrained ranking; dints "
                         "space), enas (RONASMIS's controller); "
                         "trial searchers (each candidate trained on its own): random, "
-                        "evolution (C2FNAS), predictor (T-AutoML's relation predictor)")
+                        "evolution (C2FNAS), predictor (T-AutoML's relation predictor), given (the candidates "
+                        "another search ranked: --archs-from RUN)")
     p.add_argument("--data", required=True, metavar="DIR", help="dataset folder in MSD layout (dataset.json ...)")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (checkpoint, logs, arch.json, report)")
     p.add_argument("--space-option", action="append", type=space_option, default=[], metavar="KEY=VALUE",
@@ -126,6 +127,9 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--halving-eta", type=int, default=0,
                    help="successive halving: promote the top 1/ETA of each rung to ETA times the steps (0: off)")
     t.add_argument("--halving-rungs", type=int, default=3, help="successive halving: budgets in all")
+    t.add_argument("--archs-from", metavar="RUN",
+                   help="with --searcher given: train the candidates the oneshot or hypernet search RUN ranked, "
+                        "for nas3d search rank RUN --against this run")
     t.add_argument("--memory-limit", type=float, metavar="MIB",
                    help="only candidates whose predicted training-step peak is at most this (MiB)")
     t.add_argument("--measure-memory", action="store_true", help="also measure each trial's training-step peak")
@@ -158,6 +162,8 @@ def run_search(args) -> int:
     if args.searcher in TRIAL_SEARCHERS:
         return run_trial_search(args)
     try:
+        if args.archs_from is not None:
+            raise ValueError("--archs-from RUN goes with --searcher given (a trial search)")
         config = SearchConfig(
             epochs=args.epochs,
             steps_per_epoch=args.steps_per_epoch,
@@ -231,6 +237,15 @@ def run_trial_search(args) -> int:
     from .trials import TrialSearchConfig, trial_search
 
     try:
+        searcher_options = None
+        if (args.searcher == "given") != (args.archs_from is not None):
+            raise ValueError("--searcher given and --archs-from RUN go together (the given architectures are "
+                             "those RUN ranked)")
+        if args.archs_from is not None:
+            from ..spaces import base
+            from .trials.given import ranked_archs
+
+            searcher_options = {"archs": ranked_archs(args.archs_from, base.get(args.space, **dict(args.space_option)))}
         if args.no_resume and os.path.exists(os.path.join(args.out, "trials.db")):
             raise ValueError(f"{args.out} holds a trial search; --no-resume would discard it: use another --out")
         config = TrialSearchConfig(
@@ -269,6 +284,7 @@ def run_trial_search(args) -> int:
             data_settings(args, max_val_cases=args.max_val_cases),
             train,
             space_options=dict(args.space_option),
+            searcher_options=searcher_options,
             seed=args.seed,
             memory_budget_mib=args.memory_limit,
             measure_memory=args.measure_memory,

@@ -24,6 +24,7 @@ TRIAL_SEARCHERS = {
     "random": ("nas3d_fast.search.trials.searcher", "RandomSearch"),
     "evolution": ("nas3d_fast.search.trials.evolution", "EvolutionSearch"),
     "predictor": ("nas3d_fast.search.trials.predictor", "RelationPredictorSearch"),
+    "given": ("nas3d_fast.search.trials.given", "GivenSearch"),
 }
 
 
