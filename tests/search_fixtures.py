@@ -1,7 +1,9 @@
-"""What the search tests share: a tiny ronasmis space (its options, as ``nas3d`` arguments too) and a small
-synthetic MSD dataset."""
+"""What the search tests share: a tiny ronasmis space (its options, as ``nas3d`` arguments too), a small
+synthetic MSD dataset, and one torch thread for a module's tests."""
 
 from __future__ import annotations
+
+import torch
 
 from nas3d_fast.data import make_synthetic
 
@@ -15,3 +17,13 @@ def synthetic_dataset(tmp_path_factory, train: int = 5) -> str:
     root = tmp_path_factory.mktemp("syn") / "data"
     make_synthetic(str(root), train=train, test=1, shape=(20, 20, 20), validation=1, seed=0)
     return str(root)
+
+
+def one_torch_thread():
+    """One torch thread while a test runs, the previous number restored after (set at a module's import, it
+    would hold for the whole session and change other tests' float results). A plain generator: a module
+    takes it as an autouse fixture with ``one_torch_thread = pytest.fixture(autouse=True)(one_torch_thread)``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -2,6 +2,8 @@
 
 import io
 import math
+import os
+import sys
 
 import pytest
 import torch
@@ -9,16 +11,10 @@ import torch
 from nas3d_fast.search.controller import Controller, Reinforce, resource_reward
 from nas3d_fast.spaces import get as get_space
 
+sys.path.insert(0, os.path.dirname(__file__))
+from search_fixtures import one_torch_thread  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread in this module's tests only (set at import, it would hold for the whole session and
-    change other tests' float results)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+one_torch_thread = pytest.fixture(autouse=True)(one_torch_thread)  # one torch thread in this module's tests
 
 CHOICES = [2, 3, 4, 2, 3, 4, 2, 3]
 TARGET = [1, 2, 3, 0, 1, 0, 1, 2]

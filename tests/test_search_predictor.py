@@ -5,6 +5,8 @@ state resumes bit-identically through JSON, bad options are refused, and fixed-l
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -14,16 +16,10 @@ from nas3d_fast.search.trials.predictor import RelationPredictorSearch
 from nas3d_fast.search.trials.searcher import Trial
 from nas3d_fast.spaces import base
 
+sys.path.insert(0, os.path.dirname(__file__))
+from search_fixtures import one_torch_thread  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread in this module's tests only (set at import, it would hold for the whole session and
-    change other tests' float results)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+one_torch_thread = pytest.fixture(autouse=True)(one_torch_thread)  # one torch thread in this module's tests
 
 #: small settings for the tests that exercise the protocol rather than the predictor's quality.
 SMALL = {"initial": 4, "min_trials": 4, "pool": 16, "epochs": 3, "explore": 0.25}

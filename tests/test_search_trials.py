@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -23,7 +24,7 @@ from nas3d_fast.search.trials import (
     status,
     trial_search,
 )
-from nas3d_fast.search.trials.driver import pareto_front
+from nas3d_fast.search.trials.driver import best_trial, pareto_front
 from nas3d_fast.spaces import base
 from nas3d_fast.train.run import DataSettings
 
@@ -83,6 +84,127 @@ def test_store_states_wal_and_consistency(tmp_path):
     with pytest.raises(ValueError) as err:
         TrialStore(path, space, {"space": "dints", "seed": 3})
     assert "space: checkpoint 'c2fnas', now 'dints'" in str(err.value) and "seed: checkpoint 0, now 3" in str(err.value)
+
+
+def _mixed_store(path, space):
+    """A store holding trials in every state at rungs 0 to 2, some promoted, one done without a score."""
+    store = TrialStore(path, space, {"space": "c2fnas", "seed": 0})
+    ids = [store.add(space.sample(i), 10) for i in range(8)]
+    for tid, score in zip(ids[:5], (0.3, 0.7, 0.5, None, 0.7)):
+        store.start(tid, "w0")
+        store.finish(tid, {"score": score})
+    store.start(ids[5], "w0")
+    store.fail(ids[5], "diverged", retry=False)
+    store.start(ids[6], "w1")  # running; ids[7] stays queued
+    up = [store.add(store.get(t).arch, 30, rung=1, parent=t) for t in (ids[1], ids[4])]
+    store.start(up[0], "w0")
+    store.finish(up[0], {"score": 0.6})
+    top = store.add(store.get(up[0]).arch, 90, rung=2, parent=up[0])
+    store.start(top, "w0")
+    store.finish(top, {"score": 0.2})
+    return store
+
+
+def test_store_queries_agree_with_its_trials(tmp_path):
+    space = _space()
+    store = _mixed_store(str(tmp_path / "trials.db"), space)
+    selections = [None, "queued", "running", "done", "failed", ("done", "failed"), ["queued", "running"]]
+    for status_ in selections:
+        for rung in (None, 0, 1, 2, 3):
+            trials = store.trials(status_, rung=rung)
+            assert store.count(status_, rung=rung) == len(trials), (status_, rung)
+            assert store.ids(status_, rung=rung) == [t.id for t in trials], (status_, rung)
+            assert store.ids(status_, rung=rung, limit=1) == [t.id for t in trials][:1], (status_, rung)
+    assert store.count() == 11 and store.count(rung=0) == 8 and store.count("done", rung=0) == 5
+    assert store.counts() == {s: store.count(s) for s in ("queued", "running", "done", "failed")}
+    for rung in (None, 0, 1, 2, 3):
+        trials = store.trials(rung=rung)
+        assert store.parents(rung) == {t.parent for t in trials if t.parent is not None}, rung
+        assert store.scored(rung) == [(t.id, t.encoding, t.rung, t.score) for t in trials
+                                      if t.status == "done" and t.score is not None], rung
+    best = store.best()
+    assert best == best_trial(store.trials()) and best.rung == 2
+    tie = TrialStore(str(tmp_path / "tie.db"), space, {"space": "c2fnas", "seed": 0})
+    assert tie.best() is None
+    for i in range(3):  # equal scores: the earlier trial, as best_trial
+        tie.start(tie.add(space.sample(i), 10), "w")
+        tie.finish(i + 1, {"score": 0.5})
+    assert tie.best() == best_trial(tie.trials()) and tie.best().id == 1
+    tie.close()
+    with pytest.raises(ValueError, match="status must be among"):
+        store.count("finished")
+    with pytest.raises(ValueError, match="status must be among"):
+        store.count(0)  # the rung is a keyword
+    store.close()
+
+
+def test_finish_records_the_worker_in_its_transaction(tmp_path):
+    space = _space()
+    store = TrialStore(str(tmp_path / "trials.db"), space, {"space": "c2fnas", "seed": 0})
+    a, b = store.add(space.sample(0), 10), store.add(space.sample(1), 10)
+    store.start(a, "local")
+    store.start(b, "local")
+    changes = store.db.total_changes
+    assert store.finish(a, {"score": 0.5}, worker="host:123").worker == "host:123"
+    assert store.db.total_changes == changes + 1  # one UPDATE: the result and the worker together
+    assert store.finish(b, {"score": 0.5}).worker == "local"  # no worker reported: start's stays
+    assert store.finish(a, {"score": 0.1}, worker="host:456").worker == "host:123"  # a done trial never changes
+    store.close()
+    # the driver passes the evaluator's worker through
+    class WithWorker(KnownScore):
+        def __call__(self, job):
+            return {**super().__call__(job), "worker": f"host:{job.trial_id}"}
+
+    _fake_search(tmp_path / "run", trials=3, evaluator=WithWorker())
+    with TrialStore(str(tmp_path / "run" / "trials.db"), space) as store:
+        assert [t.worker for t in store.trials()] == ["host:1", "host:2", "host:3"]
+
+
+def test_read_only_store_reads_refuses_writes_and_errors_clearly(tmp_path):
+    space = _space()
+    folder = tmp_path / "odd ?#% name"  # the sqlite URI quotes these
+    folder.mkdir()
+    path = str(folder / "trials.db")
+    _mixed_store(path, space).close()
+    before = open(path, "rb").read()
+    with TrialStore.read_only(path, space) as ro:
+        assert not ro.writable and ro.meta("format") == "nas3d-trials-1"
+        assert [t.id for t in ro.trials()] == list(range(1, 12)) and ro.get(2).score == 0.7
+        for change in (lambda: ro.add(space.sample(20), 10), lambda: ro.start(8, "w"),
+                       lambda: ro.finish(7, {"score": 1.0}), lambda: ro.fail(7, "x", retry=False),
+                       lambda: ro.requeue_running(), lambda: ro.save_searcher({"n": 1})):
+            with pytest.raises(sqlite3.OperationalError, match="read-only"):
+                change()
+        with pytest.raises(sqlite3.OperationalError, match="readonly|read-only|query_only"):
+            ro.db.execute("UPDATE trials SET score = 1.0")  # refused by sqlite too, not only by the store
+        assert ro.get(7).status == "running" and ro.count("done") == 7
+    assert open(path, "rb").read() == before
+    # no space: the queries that decode nothing work; a space may be set afterwards
+    with TrialStore.read_only(path) as ro:
+        assert ro.meta("settings") == {"space": "c2fnas", "seed": 0} and ro.count(rung=0) == 8
+        with pytest.raises(ValueError, match="without a search space"):
+            ro.trials()
+        ro.space = space
+        assert len(ro.trials()) == 11
+    # a reader opens while a writer holds a write transaction (WAL: neither blocks)
+    with TrialStore(path, space) as rw, rw.transaction():
+        rw.db.execute("UPDATE trials SET worker = 'w9' WHERE id = 7")
+        with TrialStore.read_only(path, space, timeout=0.1) as ro:
+            assert ro.get(7).worker == "w1"
+    missing = str(tmp_path / "nothing" / "trials.db")
+    with pytest.raises(FileNotFoundError, match="no trial store at .*nothing"):
+        TrialStore.read_only(missing, space)
+    assert not os.path.exists(os.path.dirname(missing))  # nothing created
+    with pytest.raises(ValueError, match="no trial search"):
+        status(str(tmp_path / "nothing"))
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(ValueError, match=re.escape(f"{junk} is not a trial store")):
+        TrialStore.read_only(str(junk), space)
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
+    with pytest.raises(ValueError, match=re.escape(f"{other} is not a trial store")):
+        TrialStore.read_only(str(other), space)
 
 
 def test_pareto_front():

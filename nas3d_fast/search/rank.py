@@ -149,24 +149,22 @@ def rank_correlation(
 def _read_run(run: str, rung: int | None) -> tuple[dict, dict[tuple[int, ...], float]]:
     """(settings, {encoding: score}) of a run's done, scored trials; per encoding its highest rung, or
     ``rung`` only."""
+    from .trials.store import TrialStore
+
     path = os.path.join(run, "trials.db")
-    if not os.path.exists(path):
-        raise ValueError(f"{run} holds no trial search (no trials.db)")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        row = db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
-        if row is None:
+        store = TrialStore.read_only(path)
+    except FileNotFoundError:
+        raise ValueError(f"{run} holds no trial search (no trials.db)") from None
+    with store:
+        settings = store.meta("settings")
+        if settings is None:
             raise ValueError(f"{path} records no settings")
-        sql = "SELECT encoding, rung, score FROM trials WHERE status = 'done' AND score IS NOT NULL"
-        rows = db.execute(sql + ("" if rung is None else " AND rung = ?"), () if rung is None else (int(rung),))
         best: dict[tuple[int, ...], tuple[int, float]] = {}
-        for encoding, r, score in rows:
-            key = tuple(json.loads(encoding))
+        for _, key, r, score in store.scored(rung):
             if math.isfinite(score) and (key not in best or r > best[key][0]):
                 best[key] = (r, float(score))
-    finally:
-        db.close()
-    return json.loads(row[0]), {k: s for k, (_, s) in best.items()}
+    return settings, {k: s for k, (_, s) in best.items()}
 
 
 def compare_runs(

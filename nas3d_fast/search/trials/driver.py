@@ -178,7 +178,7 @@ class TrialSearch:
                         trial = self._record(outcome)
                         if bar:
                             bar.n = self._ended()
-                            best = best_trial(store.trials("done"))
+                            best = store.best()  # best_trial(store.trials()), one trial decoded
                             bar.set_postfix(best="-" if best is None else f"{best.score:.3f}", refresh=True)
                         if self.on_trial:
                             self.on_trial(trial)
@@ -196,10 +196,7 @@ class TrialSearch:
         return self.elapsed0 + time.monotonic() - self.t0
 
     def _ended(self) -> int:
-        counts = self.store.db.execute(
-            "SELECT COUNT(*) FROM trials WHERE rung = 0 AND status IN ('done', 'failed')"
-        ).fetchone()[0]
-        return int(counts)
+        return self.store.count(("done", "failed"), rung=0)
 
     def _job(self, trial_id: int) -> TrialJob:
         trial = self.store.start(trial_id, worker=self.config.executor)
@@ -208,19 +205,20 @@ class TrialSearch:
 
     def _next_job(self) -> TrialJob | None:
         store, cfg = self.store, self.config
-        queued = store.trials("queued")
+        queued = store.ids("queued", limit=1)
         if queued:
-            return self._job(queued[0].id)
+            return self._job(queued[0])
         if cfg.halving_eta:
             for rung in range(cfg.halving_rungs - 2, -1, -1):  # the highest rung first
-                parent = self._promotable(rung)
-                if parent is not None:
+                parent_id = self._promotable(rung)
+                if parent_id is not None:
+                    parent = store.get(parent_id)
                     trial_id = store.add(parent.arch, cfg.budget(rung + 1), rung + 1, parent=parent.id)
                     return self._job(trial_id)
         if cfg.time_budget and self._elapsed() >= 60.0 * cfg.time_budget:
             self.stopped_by_time = True
             return None
-        while not self.exhausted and store.count(0) < cfg.trials:
+        while not self.exhausted and store.count(rung=0) < cfg.trials:
             archs = self.searcher.suggest(1)
             if not archs:
                 self.exhausted = True
@@ -230,11 +228,12 @@ class TrialSearch:
                 return self._job(trial_id)
         return None
 
-    def _promotable(self, rung: int) -> Trial | None:
-        done = [t for t in self.store.trials("done", rung=rung) if t.score is not None]
-        top = sorted(done, key=lambda t: (-t.score, t.id))[: len(done) // self.config.halving_eta]
-        promoted = {t.parent for t in self.store.trials(rung=rung + 1)}
-        return next((t for t in top if t.id not in promoted), None)
+    def _promotable(self, rung: int) -> int | None:
+        """The id of the best done trial of ``rung`` in its top ``1 / eta`` not yet promoted, if any."""
+        done = [(trial_id, score) for trial_id, _, _, score in self.store.scored(rung)]
+        top = sorted(done, key=lambda d: (-d[1], d[0]))[: len(done) // self.config.halving_eta]
+        promoted = self.store.parents(rung + 1)
+        return next((trial_id for trial_id, _ in top if trial_id not in promoted), None)
 
     def _record(self, outcome: Outcome) -> Trial:
         store, cfg = self.store, self.config
@@ -246,11 +245,8 @@ class TrialSearch:
                 setattr(trial, key, value)
             if trial.rung == 0:
                 self.searcher.observe(trial)
-            trial = store.finish(trial.id, result, self.searcher.state_dict() if trial.rung == 0 else None)
-            if worker:
-                with store.transaction():
-                    store.db.execute("UPDATE trials SET worker = ? WHERE id = ?", (worker, trial.id))
-            return store.get(trial.id)
+            return store.finish(trial.id, result, self.searcher.state_dict() if trial.rung == 0 else None,
+                                worker=worker)
         retry = outcome.lost_worker and trial.attempts <= cfg.max_retries
         if not retry and trial.rung == 0:
             trial.score = None
@@ -270,7 +266,7 @@ class TrialSearch:
             "space": self.space.name,
             "space_options": dict(self.space.options),
             "trials": store.counts(),
-            "rung0_trials": store.count(0),
+            "rung0_trials": store.count(rung=0),
             "requested_trials": self.config.trials,
             "space_exhausted": self.exhausted,
             "stopped_by_time_budget": self.stopped_by_time,
@@ -321,18 +317,13 @@ def status(run_dir: str) -> dict:
     against predicted memory. Reads the store while a search may be writing it (WAL: never blocks it)."""
     from ...spaces import base
 
-    path = os.path.join(run_dir, "trials.db")
-    if not os.path.exists(path):
-        raise ValueError(f"{run_dir} holds no trial search (no trials.db)")
-    import sqlite3
-
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        settings = json.loads(db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()[0])
-    finally:
-        db.close()
-    space = base.get(settings["space"], **settings["space_options"])
-    with TrialStore(path, space) as store:
+        store = TrialStore.read_only(os.path.join(run_dir, "trials.db"))
+    except FileNotFoundError:
+        raise ValueError(f"{run_dir} holds no trial search (no trials.db)") from None
+    with store:
+        settings = store.meta("settings")
+        store.space = base.get(settings["space"], **settings["space_options"])
         trials = store.trials()
         counts = store.counts()
     best = best_trial(trials)

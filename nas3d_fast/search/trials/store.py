@@ -12,13 +12,15 @@ state change, so a search killed at any moment leaves a consistent store:
 - one (encoding, rung) pair is one trial: an architecture seen before is not trained again.
 
 The settings of the search (space, its options, data, trial budget, searcher...) are stored when the
-store is created; opening it with other settings raises ValueError naming each one.
+store is created; opening it with other settings raises ValueError naming each one. Readers that must not
+change the store (``nas3d search status``, ``nas3d search rank``) open it with :meth:`TrialStore.read_only`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pathlib
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -72,12 +74,14 @@ class TrialStore:
         path: the database file (created with its folder when missing).
         space: the search space (the trials' architectures are decoded with it).
         settings: what the search runs with (JSON-able); stored on creation and compared on every open.
-            None opens an existing store read-only-in-spirit (``nas3d search status``): nothing compared.
+            None opens an existing store without comparing anything (FileNotFoundError when it is missing).
         timeout: seconds a writer waits for another's lock before sqlite3.OperationalError.
+
+    :meth:`read_only` opens an existing store that this connection cannot change.
     """
 
     def __init__(self, path: str, space: SearchSpace, settings: Mapping | None = None, timeout: float = 30.0):
-        self.path, self.space = path, space
+        self.path, self.space, self.writable = path, space, True
         exists = os.path.exists(path)
         if settings is None and not exists:
             raise FileNotFoundError(f"no trial store at {path}")
@@ -99,10 +103,40 @@ class TrialStore:
         if settings is not None:
             check_resume(self.meta("settings"), settings, path, "trial search")
 
+    @classmethod
+    def read_only(cls, path: str, space: SearchSpace | None = None, timeout: float = 30.0) -> TrialStore:
+        """An existing store opened read-only (sqlite ``mode=ro``; WAL: it never blocks a search writing it).
+
+        ``space`` decodes the trials' architectures (:meth:`trials`, :meth:`get`); without one only the
+        methods that return no :class:`Trial` work (``meta``, ``counts``, ``count``, ``ids``, ``scored``...),
+        and a space may be set later (``store.space = ...``, e.g. from ``store.meta("settings")``). Every
+        change raises sqlite3.OperationalError. FileNotFoundError when ``path`` is no file; ValueError when
+        it is not a trial store (of this version).
+        """
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no trial store at {path}")
+        self = cls.__new__(cls)
+        self.path, self.space, self.writable = path, space, False
+        uri = pathlib.Path(path).absolute().as_uri() + "?mode=ro"  # as_uri quotes '?', '#', '%' in the path
+        self.db = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        try:
+            self.db.execute("PRAGMA query_only=ON")
+            fmt = self.meta("format")
+        except sqlite3.DatabaseError as exc:  # not a database, or one without the meta table
+            self.db.close()
+            raise ValueError(f"{path} is not a trial store ({exc})") from None
+        if fmt != STORE_FORMAT:
+            self.db.close()
+            raise ValueError(f"{path} is not a trial store of this version (format {fmt!r}, expected {STORE_FORMAT!r})")
+        return self
+
     # -- plumbing ------------------------------------------------------------------------------------
 
     def transaction(self):
         """``with store.transaction():`` one atomic change (BEGIN IMMEDIATE: writers queue, readers don't)."""
+        if not self.writable:
+            raise sqlite3.OperationalError(f"trial store {self.path} is open read-only")
         return _Transaction(self.db)
 
     def _set_meta(self, key: str, value) -> None:
@@ -129,6 +163,8 @@ class TrialStore:
             )
 
     def _trial(self, row: sqlite3.Row) -> Trial:
+        if self.space is None:
+            raise ValueError(f"trial store {self.path} was opened without a search space: it cannot decode trials")
         encoding = tuple(json.loads(row["encoding"]))
         return Trial(
             id=row["id"],
@@ -159,11 +195,12 @@ class TrialStore:
         row = self.db.execute("SELECT state FROM searcher WHERE id = 1").fetchone()
         return None if row is None else json.loads(row["state"])
 
-    def trials(self, status: str | Iterable[str] | None = None, rung: int | None = None) -> list[Trial]:
-        """Trials in id order, optionally of some states and one rung."""
-        where, args = [], []
+    @staticmethod
+    def _where(status: str | Iterable[str] | None, rung: int | None, *more: str) -> tuple[str, list]:
+        """The WHERE clause ('' when none) and its arguments selecting some states and one rung."""
+        where, args = list(more), []
         if status is not None:
-            states = [status] if isinstance(status, str) else list(status)
+            states = list(status) if isinstance(status, Iterable) and not isinstance(status, str) else [status]
             bad = [s for s in states if s not in TRIAL_STATES]
             if bad:
                 raise ValueError(f"status must be among {TRIAL_STATES}, got {bad}")
@@ -172,8 +209,12 @@ class TrialStore:
         if rung is not None:
             where.append("rung = ?")
             args.append(int(rung))
-        sql = "SELECT * FROM trials" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
-        return [self._trial(r) for r in self.db.execute(sql, args)]
+        return (" WHERE " + " AND ".join(where) if where else ""), args
+
+    def trials(self, status: str | Iterable[str] | None = None, rung: int | None = None) -> list[Trial]:
+        """Trials in id order, optionally of some states and one rung."""
+        where, args = self._where(status, rung)
+        return [self._trial(r) for r in self.db.execute("SELECT * FROM trials" + where + " ORDER BY id", args)]
 
     def get(self, trial_id: int) -> Trial:
         row = self.db.execute("SELECT * FROM trials WHERE id = ?", (int(trial_id),)).fetchone()
@@ -188,9 +229,37 @@ class TrialStore:
             out[row["status"]] = row["n"]
         return out
 
-    def count(self, rung: int = 0) -> int:
-        """Trials of ``rung`` in any state."""
-        return self.db.execute("SELECT COUNT(*) FROM trials WHERE rung = ?", (int(rung),)).fetchone()[0]
+    def count(self, status: str | Iterable[str] | None = None, rung: int | None = None) -> int:
+        """How many trials :meth:`trials` would return (one SQL count, nothing decoded)."""
+        where, args = self._where(status, rung)
+        return self.db.execute("SELECT COUNT(*) FROM trials" + where, args).fetchone()[0]
+
+    def ids(self, status: str | Iterable[str] | None = None, rung: int | None = None,
+            limit: int | None = None) -> list[int]:
+        """The ids of the trials :meth:`trials` would return, in id order; the first ``limit`` only when given."""
+        where, args = self._where(status, rung)
+        sql = "SELECT id FROM trials" + where + " ORDER BY id" + ("" if limit is None else " LIMIT ?")
+        return [r[0] for r in self.db.execute(sql, args if limit is None else [*args, int(limit)])]
+
+    def parents(self, rung: int | None = None) -> set[int]:
+        """The parents of the trials (of ``rung``) that have one: the trials promoted from the rung below."""
+        where, args = self._where(None, rung, "parent IS NOT NULL")
+        return {r[0] for r in self.db.execute("SELECT parent FROM trials" + where, args)}
+
+    def scored(self, rung: int | None = None) -> list[tuple[int, tuple[int, ...], int, float]]:
+        """(id, encoding, rung, score) of the done trials (of ``rung``) with a score, in id order."""
+        where, args = self._where("done", rung, "score IS NOT NULL")
+        sql = "SELECT id, encoding, rung, score FROM trials" + where + " ORDER BY id"
+        return [(r[0], tuple(json.loads(r[1])), r[2], r[3]) for r in self.db.execute(sql, args)]
+
+    def best(self) -> Trial | None:
+        """``driver.best_trial(store.trials())`` with one trial decoded: the highest rung's best score among
+        done trials (ties: the earlier trial)."""
+        row = self.db.execute(
+            "SELECT * FROM trials WHERE status = 'done' AND score IS NOT NULL ORDER BY rung DESC, score DESC, id "
+            "LIMIT 1"
+        ).fetchone()
+        return None if row is None else self._trial(row)
 
     def encodings(self, rung: int = 0) -> list[tuple[int, ...]]:
         return [tuple(json.loads(r[0])) for r in self.db.execute("SELECT encoding FROM trials WHERE rung = ?", (rung,))]
@@ -233,9 +302,11 @@ class TrialStore:
                 raise ValueError(f"trial {trial_id} is not queued ({self.get(trial_id).status})")
         return self.get(trial_id)
 
-    def finish(self, trial_id: int, result: Mapping, searcher_state: Mapping | None = None) -> Trial:
-        """running -> done with ``result`` (keys of ``RESULT_FIELDS``). A trial that is done already is
-        left as it is (a duplicate report of a retried task): returns it unchanged."""
+    def finish(self, trial_id: int, result: Mapping, searcher_state: Mapping | None = None,
+               worker: str | None = None) -> Trial:
+        """running -> done with ``result`` (keys of ``RESULT_FIELDS``) and, when given, the ``worker`` that
+        ran it (host:pid; else the one :meth:`start` recorded stays). A trial that is done already is left
+        as it is (a duplicate report of a retried task): returns it unchanged."""
         unknown = sorted(set(result) - set(RESULT_FIELDS))
         if unknown:
             raise ValueError(f"unknown result fields {unknown}; known: {RESULT_FIELDS}")
@@ -243,10 +314,10 @@ class TrialStore:
         values["metrics"] = json.dumps(values["metrics"]) if values["metrics"] is not None else None
         with self.transaction():
             cur = self.db.execute(
-                "UPDATE trials SET status = 'done', finished = ?, "
+                "UPDATE trials SET status = 'done', finished = ?, worker = COALESCE(?, worker), "
                 + ", ".join(f"{k} = ?" for k in RESULT_FIELDS)
                 + " WHERE id = ? AND status != 'done'",
-                (time.time(), *values.values(), int(trial_id)),
+                (time.time(), worker or None, *values.values(), int(trial_id)),
             )
             if cur.rowcount:
                 self._save_searcher(searcher_state)
