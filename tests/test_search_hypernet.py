@@ -237,6 +237,7 @@ def test_killed_during_training_it_resumes_to_the_same_result(dataset, tmp_path)
     ({"target": "cuda"}, "give memory_budget too"),
     ({"w_fixed": 0}, "w_fixed must be a number in (0, 1]"),
     ({"anneal_steps": 7}, "anneal_steps must be an int in [1, 6]"),
+    ({"man_lr": 0}, "man_lr must be a number > 0"),
     ({"memory_budget": 64 * MiB, "target": "cpu", "proposer": "evolution"}, "use proposer='random'"),
 ])
 def test_bad_options(dataset, tmp_path, options, message):

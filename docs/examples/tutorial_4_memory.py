@@ -106,3 +106,51 @@ fig.tight_layout()
 # ``--calibrate`` measures and predicts the same candidates on your card, so you can check the model
 # before trusting it with a budget. The ``memory_prediction`` benchmark suite checks it on every space
 # (:doc:`/benchmarks/memory_prediction`).
+
+# %%
+# A search inside a budget: HyperSegNAS
+# -------------------------------------
+# ``nas3d search --searcher hypernet`` is HyperSegNAS's search on the ``dints`` space. It trains one
+# supernet, one uniformly sampled path per step. A Meta-Assistant Network reads the images and the path
+# and gives each channel of the path's edges a weight in (0, 1). Over the last ninth of the steps those
+# weights are annealed to a constant 0.5, after which the network is dropped. Then ``--candidates``
+# architectures predicted inside ``[budget - tolerance, budget]`` are ranked on the shared weights, and
+# the top ``--finetune-top`` are fine-tuned and scored again. The candidates are drawn *before* the
+# supernet trains, so a budget no architecture fits fails at once with ``BudgetError``. Here is a small
+# search on synthetic data with a CPU budget; ``--target cuda`` predicts for a GPU instead:
+import json
+import tempfile
+
+from nas3d_fast.data import make_synthetic
+from nas3d_fast.profile.sample import candidate_memory
+from nas3d_fast.search import SearchConfig, search
+from nas3d_fast.train.run import DataSettings
+
+work = tempfile.mkdtemp()
+make_synthetic(f"{work}/data", train=5, test=0, shape=(20, 20, 20), validation=1, seed=0)
+small = spaces.get("dints", num_blocks=3, num_depths=2, channel_mul=0.125)
+rng = np.random.default_rng(0)
+small_peaks = sorted(candidate_memory(small, small.sample(rng), (1, 16, 16, 16), 1, target="cpu").peak_bytes
+                     for _ in range(12))
+budget = small_peaks[8]
+summary = search("dints", "hypernet", f"{work}/data", f"{work}/run",
+                 SearchConfig(epochs=2, steps_per_epoch=4, device="cpu", progress=False),
+                 DataSettings(patch=(16, 16, 16), batch_size=1, augment=0.0),
+                 space_options={"num_blocks": 3, "num_depths": 2, "channel_mul": 0.125},
+                 searcher_options={"candidates": 4, "eval_batches": 1, "finetune_top": 2, "finetune_steps": 2,
+                                   "memory_budget": budget, "tolerance": budget // 3, "target": "cpu",
+                                   "encoder_width": 4, "image_dim": 32, "hidden": 32})
+info = summary["memory_budget"]
+print(f"window [{(budget - budget // 3) / MiB:.2f}, {budget / MiB:.2f}] MiB; the result's predicted peak "
+      f"{info['predicted_peak_bytes'] / MiB:.2f} MiB; {info['candidates_found']} candidates ranked:")
+print(json.dumps([{k: r[k] for k in ("inherited_dice", "predicted_memory")} for r in summary["ranking"]]))
+
+# %%
+# The same from the shell, for a GPU with 8 GiB (the architectures then train with ``nas3d train``)::
+#
+#     nas3d search --space dints --searcher hypernet --data Task07_Pancreas --out hyper \
+#         --patch 96 96 96 --epochs 100 --steps-per-epoch 100 --candidates 200 --finetune-top 10 \
+#         --finetune-steps 500 --memory-budget 8GiB --tolerance 300MiB --target cuda
+#     nas3d search --space dints --searcher given --archs-from hyper --data Task07_Pancreas --out alone \
+#         --trials 200 --trial-steps 2000      # the same candidates trained stand-alone
+#     nas3d search rank hyper --against alone  # how well the shared weights ranked them (Kendall tau)

@@ -93,6 +93,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--anneal-steps", type=int,
                    help="steps of the annealing at the end of the training (default a ninth of the steps, as the "
                         "paper's 20,000 of 180,000)")
+    s.add_argument("--man-lr", type=float, default=1e-3, help="Adam lr of the Meta-Assistant Network")
     s.add_argument("--encoder-width", type=int, default=16, help="the MAN image encoder's first width")
     s.add_argument("--image-dim", type=int, default=256, help="the image vector's size (paper: 256)")
     s.add_argument("--hyper-hidden", type=int, default=256, help="the HyperNet's hidden units")
@@ -200,7 +201,7 @@ def run_search(args) -> int:
                        "finetune_lr": args.finetune_lr, "proposer": args.proposer,
                        "memory_budget": args.memory_budget, "tolerance": args.tolerance, "target": args.target}
             if args.searcher == "hypernet":
-                options.update(w_fixed=args.w_fixed, anneal_steps=args.anneal_steps,
+                options.update(w_fixed=args.w_fixed, anneal_steps=args.anneal_steps, man_lr=args.man_lr,
                                encoder_width=args.encoder_width, image_dim=args.image_dim, hidden=args.hyper_hidden)
         else:
             options = {"warmup_epochs": args.warmup_epochs, "ram_cost_factor": args.ram_cost_factor,

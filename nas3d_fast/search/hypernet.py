@@ -33,7 +33,9 @@ Choices the paper leaves open, and what this module does:
   l_arch ⊕ l_image, l_arch the architecture's 0/1 L x E x O matrix flattened (the one-hot of its encoding
   without the "off" value). Its last layer starts at zero, so the MAN starts at 0.5 = ``w_fixed``.
 - The MAN is trained with the supernet weights by the weight optimiser (Eq. 4: minimised over omega and
-  theta together).
+  theta together), in a parameter group of its own with learning rate ``man_lr`` (1e-3): at the supernet's
+  SCNAS rate (0.025, Adam's beta2 0.001: steps of about the learning rate on every weight) the HyperNet's
+  sigmoid saturates within a few steps and switches channels off.
 """
 
 from __future__ import annotations
@@ -95,21 +97,23 @@ class MetaAssistant(nn.Module):
 
 class HyperNetSearch(OneShotSearch):
     """See the module docstring. Options beyond :class:`~nas3d_fast.search.oneshot.OneShotSearch`'s:
-    ``w_fixed`` (0.5), ``anneal_steps`` (None: a ninth of the steps, at least 1), ``encoder_width`` (16),
-    ``image_dim`` (256), ``hidden`` (256). The space's supernet must support channel modulation
+    ``w_fixed`` (0.5), ``anneal_steps`` (None: a ninth of the steps, at least 1), ``man_lr`` (1e-3), ``encoder_width``
+    (16), ``image_dim`` (256), ``hidden`` (256). The space's supernet must support channel modulation
     (``modulation_slots``, ``active_slots``, ``channel_scales``: the dints space, HyperSegNAS's)."""
 
     name = "hypernet"
     extra_names = ("anneal",)
 
-    def __init__(self, *args, w_fixed: float = 0.5, anneal_steps: int | None = None, encoder_width: int = 16,
-                 image_dim: int = 256, hidden: int = 256, **kwargs):
+    def __init__(self, *args, w_fixed: float = 0.5, anneal_steps: int | None = None, man_lr: float = 1e-3,
+                 encoder_width: int = 16, image_dim: int = 256, hidden: int = 256, **kwargs):
         if not (isinstance(w_fixed, (int, float)) and not isinstance(w_fixed, bool) and 0 < w_fixed <= 1):
             raise ValueError(f"w_fixed must be a number in (0, 1], got {w_fixed!r}")
         for name, value in (("encoder_width", encoder_width), ("image_dim", image_dim), ("hidden", hidden)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        self.w_fixed = float(w_fixed)
+        if isinstance(man_lr, bool) or not isinstance(man_lr, (int, float)) or not man_lr > 0:
+            raise ValueError(f"man_lr must be a number > 0, got {man_lr!r}")
+        self.w_fixed, self.man_lr = float(w_fixed), float(man_lr)
         self.man_sizes = {"encoder_width": encoder_width, "image_dim": image_dim, "hidden": hidden}
         self._anneal_option = anneal_steps
         self.man: MetaAssistant | None = None
@@ -139,11 +143,13 @@ class HyperNetSearch(OneShotSearch):
                                  **self.man_sizes).to(self.device)
         self.group.broadcast(list(self.man.state_dict().values()))
         cfg = self.config
-        return torch.optim.Adam([*sn.parameters(), *self.man.parameters()], lr=cfg.weight_lr,
-                                betas=cfg.weight_betas, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam([{"params": list(sn.parameters())},
+                                 {"params": list(self.man.parameters()), "lr": self.man_lr}],
+                                lr=cfg.weight_lr, betas=cfg.weight_betas, weight_decay=cfg.weight_decay)
 
     def options(self) -> dict:
-        return {**super().options(), "w_fixed": self.w_fixed, "anneal_steps": self._anneal_option, **self.man_sizes}
+        return {**super().options(), "w_fixed": self.w_fixed, "anneal_steps": self._anneal_option,
+                "man_lr": self.man_lr, **self.man_sizes}
 
     # -- the MAN ---------------------------------------------------------------------------------------
 

@@ -5,8 +5,8 @@ results kept in a crash-safe SQLite store, trials run in-process, in worker proc
     summary = trial_search("c2fnas", "evolution", "mni", "run", TrialSearchConfig(trials=30, trial_steps=200))
 
 Pieces: ``searcher`` (the interface, :class:`RandomSearch`), ``evolution`` (C2FNAS), ``predictor``
-(T-AutoML), ``store``, ``evaluate`` (a trial's training), ``executors`` (local, ray), ``driver`` (the loop,
-successive halving, the run folder).
+(T-AutoML), ``given`` (another run's ranked candidates, trained stand-alone), ``store``, ``evaluate`` (a
+trial's training), ``executors`` (local, ray), ``driver`` (the loop, successive halving, the run folder).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import importlib
 from .driver import TrialSearch, TrialSearchConfig, status
 from .evaluate import TrainEvaluator, TrialJob
 from .executors import EXECUTORS, Executor, Outcome, make_executor
+from .given import GivenSearch, ranked_archs
 from .searcher import MemoryBudgetSampler, RandomSearch, Trial, TrialSearcher
 from .store import TrialStore
 
@@ -87,6 +88,7 @@ __all__ = [
     "EXECUTORS",
     "TRIAL_SEARCHERS",
     "Executor",
+    "GivenSearch",
     "Outcome",
     "MemoryBudgetSampler",
     "RandomSearch",
@@ -98,6 +100,7 @@ __all__ = [
     "TrialSearcher",
     "TrialStore",
     "make_executor",
+    "ranked_archs",
     "searcher_class",
     "status",
     "trial_search",
