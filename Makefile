@@ -1,6 +1,7 @@
 # The README's commands. Everything runs in .venv inside the repository.
-#   make demo     the main job on the embedded data: MNI152 brain MRI -> a ronasmis U-Net trained on the CPU ->
-#                 Dice/NSD, demo_out/prediction.nii.gz, slices.png, summary.json (DEMO_ARGS: more knobs)
+#   make demo     the main job on the embedded data: MNI152 brain MRI -> a Gumbel search of the ronasmis space ->
+#                 the found network and the plain U-Net trained on the CPU -> Dice/NSD of both,
+#                 demo_out/prediction.nii.gz, slices.png, summary.json (DEMO_ARGS: more knobs)
 #   make test     install what is needed, build the extension, run the tests
 #   make bench    the pytest-benchmark suites        make wheel   a wheel in dist/
 #   make docs     the documentation site in build/docs (Sphinx, warnings are errors; the tutorials run
