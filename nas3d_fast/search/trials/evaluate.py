@@ -38,15 +38,20 @@ def worker_name() -> str:
 
 
 def best_validation(run_dir: str, step: int | None) -> dict:
-    """The per-class Dice of the validation at ``step`` in ``run_dir/val.csv`` (the trainer's log)."""
+    """The per-class Dice and NSD of the validation at ``step`` in ``run_dir/val.csv`` (the trainer's log)."""
     path = os.path.join(run_dir, "val.csv")
     if step is None or not os.path.exists(path):
         return {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             if int(row["step"]) == int(step):
-                dice = [float(row[k]) for k in row if k.startswith("dice_")]
-                return {"dice_per_class": [None if math.isnan(d) else d for d in dice]}
+                out = {}
+                for key, prefix in (("dice_per_class", "dice_"), ("nsd_per_class", "nsd_")):
+                    values = [float(row[k]) for k in row if k.startswith(prefix)]
+                    out[key] = [None if math.isnan(v) else v for v in values]
+                if row.get("mean_nsd") not in (None, ""):
+                    out["mean_nsd"] = None if math.isnan(float(row["mean_nsd"])) else float(row["mean_nsd"])
+                return out
     return {}
 
 
