@@ -184,6 +184,10 @@ def test_a_memory_budget_returns_an_architecture_inside_the_window_predicted_and
     assert window[0] <= measured <= window[1], (window, measured, info["predicted_peak_bytes"])
     with open(tmp_path / "run" / "candidates.json") as f:
         assert len(json.load(f)["candidates"]) == 4
+    before = (tmp_path / "run" / "candidates.json").read_bytes()
+    with pytest.raises(ValueError, match="memory_budget"):  # other settings: refused, the run's files kept
+        _search(dataset, tmp_path / "run", {**options, "memory_budget": budget + 1}, batch_size=1)
+    assert (tmp_path / "run" / "candidates.json").read_bytes() == before
 
 
 def test_a_budget_below_every_candidate_is_a_budget_error_before_any_file(dataset, tmp_path):

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .._atomic import write_json
+from .._resume import check_resume
 from ..profile.sample import MiB, BudgetError, sample_within
 from .base import SupernetSearch
 from .trials.searcher import Trial
@@ -188,8 +189,8 @@ class OneShotSearch(SupernetSearch):
             return None
         with open(path) as f:
             saved = json.load(f)
-        if saved.get("settings") != self._constrained_settings():
-            return None
+        # refused before anything is redrawn or overwritten (the checkpoint's own check comes later)
+        check_resume(saved.get("settings", {}), self._constrained_settings(), path, "search")
         return [(self.space.arch_from_json(json.dumps(c["arch"])), int(c["predicted_peak_bytes"]))
                 for c in saved["candidates"]]
 
